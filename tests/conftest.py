@@ -1,0 +1,27 @@
+"""Shared fixtures: tiny volumes built in memory (no network, no GPU)."""
+
+import numpy as np
+import pytest
+
+from qsmbench import registry
+from qsmbench.contract import contract_volume
+
+
+@pytest.fixture
+def small_volume():
+    """The contract's analytic sphere volume (24x24x20, 1x1x1.2 mm, with truth)."""
+    return contract_volume()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_registry(monkeypatch):
+    """Each test sees the registry as discovered under its own environment."""
+    monkeypatch.delenv("QSMBENCH_METHODS_PATH", raising=False)
+    registry.clear_cache()
+    yield
+    registry.clear_cache()
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)
