@@ -1,0 +1,190 @@
+"""The contract every reconstruction method implements.
+
+A method is one :class:`Method` subclass in one file of ``methods/`` (or in an installed package
+exposing the ``qsmbench.methods`` entry-point group).  The class attributes describe it; the two
+methods do the work:
+
+``prepare(train)``
+    Untimed.  Training, weight caching, compilation.  ``train`` holds volumes the method may
+    learn from (never the test volume's truth).  Most methods do nothing here.
+``reconstruct(vol)``
+    Timed.  Receives :meth:`qsmbench.volume.Volume.for_method` -- the local field **in ppm**, the
+    brain mask, voxel size (mm), unit B0 direction in array coordinates, B0 (T), TE (s) and the
+    magnitude when the dataset has one -- and returns chi **in ppm** on the same grid, multiplied
+    by the mask, as a finite 3-D array.
+
+A method never reads files and never computes metrics: the runner does I/O, timing, seeding and
+validation of the output.  Every tunable number is an entry of ``parameters`` (name -> default),
+overridable from the config file or ``--param KEY=VALUE``.  Randomness must come from
+``self.rng`` (a :class:`numpy.random.Generator` seeded by the runner from the job's identity) or
+from ``self.seed``.
+
+Class attributes
+----------------
+name : str
+    Short lowercase id (``tkd``, ``cfl2``, ``ilsqr``, ``inr_qsm``) used in config and results.
+parameters : dict
+    Defaults of every parameter.  Values must be JSON-serialisable.
+requirements : list[str]
+    Importable module names (e.g. ``["torch"]``); when one is missing the method is listed as
+    unavailable with the reason instead of breaking the others.
+uses : set[str]
+    Subset of ``{"magnitude", "chi_init", "gpu", "training"}``: inputs and resources it can use.
+references : list[str]
+    Citations, with DOI.
+parameter_types : dict[str, type]
+    The type of each parameter whose default is ``None``.
+profiles : dict[str, dict]
+    Named parameter sets (e.g. ``{"quick": {...}, "paper": {...}}``) layered on the defaults.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .errors import ConfigError
+from .volume import Volume
+
+USES = frozenset({"magnitude", "chi_init", "gpu", "training"})
+
+
+class Method:
+    """Base class of all reconstruction methods (see the module docstring for the contract)."""
+
+    name: ClassVar[str] = ""
+    parameters: ClassVar[dict[str, Any]] = {}
+    requirements: ClassVar[list[str]] = []
+    uses: ClassVar[set[str]] = set()
+    references: ClassVar[list[str]] = []
+    profiles: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: Types of parameters whose default is ``None`` (e.g. "take the variant's value").
+    parameter_types: ClassVar[dict[str, type]] = {}
+
+    def __init__(self, *, profile: str | None = None, seed: int = 0, device: str = "cpu",
+                 **params: Any):
+        self.params = self.resolve_parameters(params, profile=profile)
+        self.profile = profile
+        self.seed = int(seed)
+        self.rng = np.random.default_rng(self.seed)
+        self.device = device
+        #: Free-form remarks the runner copies into run.json (e.g. "no magnitude: plain TV").
+        self.notes: list[str] = []
+
+    # ------------------------------------------------------------------ parameters
+    @classmethod
+    def resolve_parameters(cls, overrides: Mapping[str, Any] | None = None, *,
+                           profile: str | None = None) -> dict[str, Any]:
+        """Defaults, then the profile, then ``overrides``; unknown names are a ConfigError."""
+        params = copy.deepcopy(dict(cls.parameters))
+        layers: list[tuple[str, Mapping[str, Any]]] = []
+        if profile is not None:
+            if profile not in cls.profiles:
+                if profile in ("quick", "default"):
+                    layers = []  # every method has an implicit quick/default profile = defaults
+                else:
+                    raise ConfigError(f"method '{cls.name}' has no profile '{profile}'; "
+                                      f"known: {', '.join(sorted(cls.profiles)) or '(none)'}")
+            else:
+                layers.append((f"profile '{profile}'", cls.profiles[profile]))
+        layers.append(("parameters", overrides or {}))
+        for where, layer in layers:
+            for key, value in layer.items():
+                if key not in params:
+                    raise ConfigError(f"method '{cls.name}' has no parameter '{key}' ({where}); "
+                                      f"known: {', '.join(sorted(params)) or '(none)'}")
+                default = params[key] if cls.parameters[key] is not None else \
+                    cls.parameter_types.get(key, type(None))()
+                params[key] = _coerce_like(default, value, f"{cls.name}.{key}")
+        return params
+
+    # ------------------------------------------------------------------ the contract
+    def prepare(self, train: Sequence[Volume]) -> None:
+        """Untimed preparation (training, caching).  Default: nothing."""
+
+    def reconstruct(self, vol: Volume) -> np.ndarray:
+        """Return chi in ppm on ``vol``'s grid, multiplied by ``vol.mask``."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.params})"
+
+
+def _coerce_like(default: Any, value: Any, key: str) -> Any:
+    """Convert a config/CLI value to the type of the default (numbers, bools, strings)."""
+    if value is None:
+        return value
+    if default is None:
+        # Optional parameter: accept numbers written as strings on the command line.
+        if isinstance(value, str):
+            for parse in (int, float):
+                try:
+                    return parse(value)
+                except ValueError:
+                    pass
+            if value.lower() in ("true", "false"):
+                return value.lower() == "true"
+        return value
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                low = value.strip().lower()
+                if low in ("1", "true", "yes", "on"):
+                    return True
+                if low in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            if isinstance(value, (bool, int)):
+                return bool(value)
+            raise ValueError(value)
+        if isinstance(default, int) and not isinstance(default, bool):
+            if isinstance(value, bool):
+                raise ValueError(value)
+            as_float = float(value)
+            if as_float != int(as_float):
+                raise ValueError(value)
+            return int(as_float)
+        if isinstance(default, float):
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
+        if isinstance(default, str):
+            if not isinstance(value, str):
+                raise ValueError(value)
+            return value
+        if isinstance(default, (list, tuple)):
+            if isinstance(value, str):
+                value = [v for v in value.split(",") if v]
+            return type(default)(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"parameter '{key}' expects a {type(default).__name__}, got {value!r}") from None
+    return value
+
+
+def check_class(cls: type) -> list[str]:
+    """Problems with a Method subclass's declaration (empty list when it is well formed)."""
+    problems = []
+    if not isinstance(cls, type) or not issubclass(cls, Method):
+        return [f"{cls!r} is not a subclass of qsmbench.method.Method"]
+    if not cls.name or not isinstance(cls.name, str) or cls.name != cls.name.lower() \
+            or not cls.name.replace("_", "").isalnum():
+        problems.append(f"{cls.__name__}.name must be a short lowercase id, got {cls.name!r}")
+    if not isinstance(cls.parameters, dict):
+        problems.append(f"{cls.__name__}.parameters must be a dict")
+    if not isinstance(cls.requirements, (list, tuple)):
+        problems.append(f"{cls.__name__}.requirements must be a list")
+    unknown = set(cls.uses) - USES
+    if unknown:
+        problems.append(f"{cls.__name__}.uses has unknown entries {sorted(unknown)}; allowed: {sorted(USES)}")
+    if not cls.references:
+        problems.append(f"{cls.__name__}.references must cite the method's paper")
+    if cls.reconstruct is Method.reconstruct:
+        problems.append(f"{cls.__name__} does not implement reconstruct()")
+    for pname, prof in cls.profiles.items():
+        unknown_p = set(prof) - set(cls.parameters)
+        if unknown_p:
+            problems.append(f"{cls.__name__}.profiles['{pname}'] sets unknown parameters {sorted(unknown_p)}")
+    return problems
