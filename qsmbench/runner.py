@@ -1,0 +1,276 @@
+"""Run one method on one volume: seeding, timing, peak memory, device, output validation.
+
+:func:`run_method` never raises for a failure *of the method*: an exception, a wrong shape or
+non-finite values give ``status: "failed"`` in ``run.json`` (with the error) and no chi file, so
+the workflow goes on and the report shows the failure.  Problems of the *caller* (bad volume,
+unknown method, bad parameters when ``strict``) do raise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import logging
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .io import write_json, write_nifti
+from .method import Method
+from .registry import get_method_class
+from .volume import Volume
+
+log = logging.getLogger(__name__)
+
+CHI_FILE = "chi_ppm.nii.gz"
+RUN_FILE = "run.json"
+
+
+def derive_seed(*parts: Any) -> int:
+    """A 31-bit seed from a job's identity, e.g. ``(dataset, perturbation, method, repetition)``.
+
+    Stable across processes and platforms (SHA-256 of the parts' text), unlike ``hash()``.
+    """
+    text = "\x1f".join(str(p) for p in parts)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big") & 0x7FFFFFFF
+
+
+def git_commit(path: str | os.PathLike | None = None) -> str | None:
+    """The commit of the checkout holding qsmbench (with ``-dirty``), or None outside git."""
+    where = Path(path) if path else Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=where,
+                             capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def resolve_device(requested: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU (only if torch is already importable), else cpu."""
+    if requested not in ("auto", "cpu", "cuda") and not requested.startswith("cuda:"):
+        raise ValueError(f"device must be auto, cpu or cuda[:N], got {requested!r}")
+    if requested == "cpu":
+        return "cpu"
+    try:
+        import torch  # noqa: PLC0415 - optional dependency
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    if requested == "auto":
+        return "cuda" if has_cuda else "cpu"
+    if not has_cuda:
+        raise ValueError(f"device {requested!r} requested but no CUDA device is available")
+    return requested
+
+
+def device_description(device: str) -> str:
+    if device.startswith("cuda"):
+        import torch  # noqa: PLC0415
+        return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} logical cores)"
+
+
+class PeakMemory:
+    """Sample this process's resident set size in a thread; ``peak_mb`` after the block.
+
+    ``ru_maxrss`` alone is the peak of the whole process lifetime, which is useless when several
+    methods run in one process (benchmarks); sampling every ``interval`` s catches the peak of
+    the block itself.  The CUDA peak comes from torch's allocator when torch is loaded.
+    """
+
+    def __init__(self, interval: float = 0.005):
+        self.interval = interval
+        self.peak_mb = 0.0
+        self.peak_gpu_mb: float | None = None
+        self._stop = threading.Event()
+
+    def _rss_mb(self) -> float:
+        import psutil  # noqa: PLC0415
+        return psutil.Process().memory_info().rss / 2**20
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self.peak_mb = max(self.peak_mb, self._rss_mb())
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self.peak_mb = self._rss_mb()
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = max(self.peak_mb, self._rss_mb())
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available():
+            self.peak_gpu_mb = torch.cuda.max_memory_allocated() / 2**20
+        return False
+
+
+@dataclasses.dataclass
+class RunResult:
+    status: str
+    chi_ppm: np.ndarray | None
+    record: dict[str, Any]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed numpy's legacy global RNG and torch (if loaded); methods should use ``self.rng``."""
+    np.random.seed(seed % 2**32)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.manual_seed(seed)
+
+
+def run_method(method: str | Method, vol: Volume, *, params: Mapping[str, Any] | None = None,
+               profile: str | None = None, seed: int | None = None, device: str = "auto",
+               train: Sequence[Volume] = (), identity: Mapping[str, Any] | None = None,
+               extra_dirs: Sequence[str | os.PathLike] = ()) -> RunResult:
+    """Prepare (untimed) and run (timed) ``method`` on ``vol``; never raises for method failures.
+
+    ``identity`` (dataset, perturbation, repetition) feeds :func:`derive_seed` when ``seed`` is
+    None and is copied into the record.
+    """
+    identity = dict(identity or {})
+    if isinstance(method, Method):
+        instance = method
+        name = type(method).name
+        seed = instance.seed if seed is None else seed
+    else:
+        name = method
+        cls = get_method_class(name, extra_dirs=extra_dirs)
+        if seed is None:
+            seed = derive_seed(identity.get("dataset", vol.name), identity.get("perturbation", "none"),
+                               name, identity.get("repetition", 0))
+        dev = resolve_device(device) if "gpu" in cls.uses else "cpu"
+        instance = cls(profile=profile, seed=seed, device=dev, **dict(params or {}))
+    record: dict[str, Any] = {
+        "method": name,
+        **identity,
+        "parameters": dict(instance.params),
+        "profile": profile,
+        "seed": int(seed),
+        "device": device_description(instance.device),
+        "qsmbench_version": __version__,
+        "git_commit": git_commit(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "started_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "input_shape": list(vol.shape),
+        "voxel_size_mm": list(vol.voxel_size_mm),
+        "b0_dir": list(vol.b0_dir),
+        "has_magnitude": vol.magnitude is not None,
+        "error": None,
+        "traceback": None,
+        "wall_s": None,
+        "cpu_s": None,
+        "prepare_s": None,
+        "peak_rss_mb": None,
+        "peak_gpu_mb": None,
+        "notes": [],
+    }
+    seed_everything(int(seed))
+    visible = vol.for_method()
+    chi = None
+    try:
+        t0 = time.perf_counter()
+        instance.prepare(train)
+        record["prepare_s"] = time.perf_counter() - t0
+        with PeakMemory() as mem:
+            c0, t0 = time.process_time(), time.perf_counter()
+            chi = instance.reconstruct(visible)
+            _sync_cuda(instance.device)
+            record["wall_s"] = time.perf_counter() - t0
+            record["cpu_s"] = time.process_time() - c0
+        record["peak_rss_mb"] = mem.peak_mb
+        record["peak_gpu_mb"] = mem.peak_gpu_mb
+        chi = validate_output(chi, vol)
+        status = "ok"
+    except Exception as exc:  # a failing method must not stop the benchmark
+        status, chi = "failed", None
+        record["error"] = f"{type(exc).__name__}: {exc}"
+        record["traceback"] = traceback.format_exc()
+        log.error("method %s failed: %s", name, record["error"])
+    record["status"] = status
+    record["notes"] = list(getattr(instance, "notes", []))
+    return RunResult(status, chi, record)
+
+
+def _sync_cuda(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch  # noqa: PLC0415
+        torch.cuda.synchronize()
+
+
+def validate_output(chi, vol: Volume) -> np.ndarray:
+    """Check a method's output: an array of ``vol``'s shape, finite; returned masked, float32."""
+    if chi is None:
+        raise ValueError("reconstruct() returned None")
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(chi, torch.Tensor):
+        chi = chi.detach().cpu().numpy()
+    chi = np.asarray(chi)
+    if chi.shape != vol.shape:
+        raise ValueError(f"reconstruct() returned shape {chi.shape}, expected {vol.shape}")
+    if not np.issubdtype(chi.dtype, np.number) or np.iscomplexobj(chi):
+        raise ValueError(f"reconstruct() returned dtype {chi.dtype}, expected real floats")
+    bad = int(np.size(chi) - np.count_nonzero(np.isfinite(chi)))
+    if bad:
+        raise ValueError(f"reconstruct() returned {bad} non-finite values (NaN/inf)")
+    return (chi * vol.mask).astype(np.float32)
+
+
+def write_run(result: RunResult, out_dir: str | os.PathLike, affine) -> Path:
+    """Write ``chi_ppm.nii.gz`` (when ok) and then ``run.json`` into ``out_dir``.
+
+    run.json is written last, so its presence means the job finished; a stale chi file from an
+    earlier successful run is removed when this run failed.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    record = dict(result.record)
+    if result.status == "ok":
+        write_nifti(out_dir / CHI_FILE, result.chi_ppm, affine, dtype=np.float32)
+        record["output"] = CHI_FILE
+    else:
+        (out_dir / CHI_FILE).unlink(missing_ok=True)
+        record["output"] = None
+    return write_json(out_dir / RUN_FILE, record)
+
+
+def run_job(volume_dir: str | os.PathLike, run_json: str | os.PathLike, *, run_id: str, method: str,
+            params: Mapping[str, Any] | None = None, profile: str | None = None, device: str = "auto",
+            dataset: str = "", perturbation: str = "none", repetition: int = 0,
+            extra_dirs: Sequence[str | os.PathLike] = ()) -> dict[str, Any]:
+    """One workflow job: load the volume, run the method, write chi + run.json beside it.
+
+    The seed is derived from ``(dataset, perturbation, run_id, repetition)``.  A failed method
+    still produces run.json (status "failed"), so the workflow and the report go on.
+    """
+    from .io import load_volume  # noqa: PLC0415
+
+    vol = load_volume(volume_dir)
+    seed = derive_seed(dataset, perturbation, run_id, repetition)
+    identity = {"run_id": run_id, "dataset": dataset, "perturbation": perturbation,
+                "repetition": repetition}
+    result = run_method(method, vol, params=params, profile=profile, seed=seed, device=device,
+                        identity=identity, extra_dirs=extra_dirs)
+    write_run(result, Path(run_json).parent, vol.affine)
+    return result.record
