@@ -1,0 +1,202 @@
+"""The ``qsmbench`` command line (see ARCHITECTURE.md, "The command line").
+
+Errors go to stderr as one sentence and the exit status is non-zero (2 for bad input or usage,
+1 for a failed reconstruction); ``--json`` prints exactly one JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import QsmbenchError
+
+
+def _params(items: list[str] | None) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise QsmbenchError(f"--param expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def cmd_list_methods(args) -> int:
+    from .registry import method_infos  # noqa: PLC0415 - keep start-up fast
+
+    infos = method_infos(args.methods_dir or [])
+    if args.json:
+        print(json.dumps({"methods": [i.as_dict() for i in infos]}, indent=2))
+        return 0
+    width = max((len(i.name) for i in infos), default=4)
+    for i in infos:
+        state = "available" if i.available else f"unavailable: {i.reason}"
+        print(f"{i.name:<{width}}  {state}")
+    return 0
+
+
+def cmd_phantom(args) -> int:
+    from .phantom import write_phantom  # noqa: PLC0415
+
+    out = write_phantom(args.outdir, shape=tuple(args.shape), voxel_size_mm=tuple(args.voxel_size),
+                        seed=args.seed, calcification=args.calcification, b0_dir=tuple(args.b0_dir))
+    print(f"wrote phantom to {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_reconstruct(args) -> int:
+    from .io import volume_from_files, write_json, write_nifti  # noqa: PLC0415
+    from .runner import run_method  # noqa: PLC0415
+
+    vol = volume_from_files(args.field, args.mask, magnitude=args.magnitude, b0_dir=tuple(args.b0_dir),
+                            b0_tesla=args.b0, te_s=args.te)
+    result = run_method(args.method, vol, params=_params(args.param), profile=args.profile,
+                        seed=args.seed, device=args.device, extra_dirs=args.methods_dir or [],
+                        identity={"dataset": str(args.field), "perturbation": "none"})
+    if result.status != "ok":
+        print(f"error: method '{args.method}' failed: {result.record['error']}", file=sys.stderr)
+        return 1
+    out = Path(args.out)
+    if not out.name.endswith((".nii", ".nii.gz")):
+        raise QsmbenchError(f"--out must end with .nii or .nii.gz, got {out}")
+    write_nifti(out, result.chi_ppm, vol.affine)
+    record = {k: v for k, v in result.record.items() if k != "traceback"}
+    record["output"] = str(out)
+    if args.run_json:
+        write_json(args.run_json, record)
+    print(f"{args.method}: wrote {out} ({record['wall_s']:.2f} s, peak RSS {record['peak_rss_mb']:.0f} MB)",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .io import check_same_grid, read_nifti  # noqa: PLC0415
+    from .metrics import evaluate  # noqa: PLC0415
+
+    recon, aff_r, zooms = read_nifti(args.recon, role="reconstruction")
+    truth, aff_t, _ = read_nifti(args.truth, role="reference")
+    mask, aff_m, _ = read_nifti(args.mask, role="mask")
+    check_same_grid(args.recon, recon.shape, aff_r, args.truth, truth.shape, aff_t)
+    check_same_grid(args.recon, recon.shape, aff_r, args.mask, mask.shape, aff_m)
+    labels = None
+    if args.labels:
+        labels, aff_l, _ = read_nifti(args.labels, role="labels")
+        check_same_grid(args.recon, recon.shape, aff_r, args.labels, labels.shape, aff_l)
+    extras = {"label_scheme": args.label_scheme} if args.label_scheme else {}
+    results = evaluate(recon, truth, mask, labels=labels, voxel_size_mm=zooms, extras=extras,
+                       names={"recon": f"reconstruction {args.recon}", "truth": f"reference {args.truth}",
+                              "mask": f"mask {args.mask}", "labels": f"labels {args.labels}"})
+    if args.json:
+        print(json.dumps({"recon": str(args.recon), "truth": str(args.truth),
+                          "metrics": {r.metric: r.as_dict() for r in results}}, indent=2))
+        return 0
+    width = max(len(r.metric) for r in results)
+    for r in results:
+        if r.status == "ok":
+            print(f"{r.metric:<{width}}  {r.value:12.5g} {r.unit:<3}  ({r.better} is better)")
+        else:
+            print(f"{r.metric:<{width}}  {'n/a':>12}      ({r.reason})")
+    return 0
+
+
+def cmd_check_method(args) -> int:
+    from .contract import run_contract  # noqa: PLC0415
+    from .registry import classes_in_module, load_module_from_file  # noqa: PLC0415
+
+    path = Path(args.file)
+    if not path.exists():
+        raise QsmbenchError(f"method file not found: {path}")
+    module = load_module_from_file(path)
+    classes = classes_in_module(module)
+    if not classes:
+        raise QsmbenchError(f"{path} defines no subclass of qsmbench.method.Method")
+    failed = 0
+    for cls in classes:
+        print(f"{cls.__name__} ({cls.name or '?'}) from {path}")
+        for check, ok, msg in run_contract(cls):
+            print(f"  {'PASS' if ok else 'FAIL'}  {check}{': ' + msg if msg else ''}")
+            failed += not ok
+    print(f"{'all checks passed' if not failed else f'{failed} check(s) failed'}")
+    return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="qsmbench", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"qsmbench {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    methods_dir = {"action": "append", "metavar": "DIR",
+                   "help": "extra folder of method plugin files (repeatable)"}
+
+    s = sub.add_parser("list-methods", help="list registered reconstruction methods")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.add_argument("--methods-dir", **methods_dir)
+    s.set_defaults(func=cmd_list_methods)
+
+    s = sub.add_parser("phantom", help="write the embedded numerical head phantom")
+    s.add_argument("outdir")
+    s.add_argument("--shape", type=int, nargs=3, default=[64, 64, 64], metavar=("X", "Y", "Z"))
+    s.add_argument("--voxel-size", type=float, nargs=3, default=[1.0, 1.0, 1.0],
+                   metavar=("DX", "DY", "DZ"), help="mm")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--b0-dir", type=float, nargs=3, default=[0.0, 0.0, 1.0], metavar=("X", "Y", "Z"))
+    s.add_argument("--calcification", action="store_true", help="add a calcification (label 16)")
+    s.set_defaults(func=cmd_phantom)
+
+    s = sub.add_parser("reconstruct", help="run one method on a local field (ppm)")
+    s.add_argument("method")
+    s.add_argument("--field", required=True, help="local field NIfTI, ppm")
+    s.add_argument("--mask", required=True)
+    s.add_argument("--out", required=True, help="output chi NIfTI (ppm)")
+    s.add_argument("--magnitude")
+    s.add_argument("--b0-dir", type=float, nargs=3, default=[0.0, 0.0, 1.0], metavar=("X", "Y", "Z"),
+                   help="B0 direction in array coordinates (default: third axis)")
+    s.add_argument("--b0", type=float, default=None, help="field strength, T (default 3)")
+    s.add_argument("--te", type=float, default=None, help="echo time, s (default 0.025)")
+    s.add_argument("--param", action="append", metavar="KEY=VALUE", help="method parameter (repeatable)")
+    s.add_argument("--profile", default=None, help="method profile, e.g. quick or paper")
+    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    s.add_argument("--run-json", default=None, help="also write the run record (timing, memory) here")
+    s.add_argument("--methods-dir", **methods_dir)
+    s.set_defaults(func=cmd_reconstruct)
+
+    s = sub.add_parser("evaluate", help="score a reconstruction against a reference")
+    s.add_argument("recon")
+    s.add_argument("truth")
+    s.add_argument("--mask", required=True)
+    s.add_argument("--labels")
+    s.add_argument("--label-scheme", choices=["rc2", "qsm2016"], default=None,
+                   help="numbering of --labels (default rc2)")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("check-method", help="run the method contract tests on a plugin file")
+    s.add_argument("file")
+    s.set_defaults(func=cmd_check_method)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except QsmbenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Benchmark: wall time and peak memory of every available method on a phantom (default 160^3).
+
+Not collected by pytest.  Run:
+
+    python tests/benchmarks/bench_methods.py [--shape 160 160 160] [--methods tkd cfl2] [--profile quick]
+
+Peak RSS is the process's resident memory sampled during ``reconstruct`` (the phantom and the
+interpreter included); "extra" subtracts the RSS before the call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+import psutil
+
+from qsmbench import metrics, registry, runner
+from qsmbench.phantom import make_phantom
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shape", type=int, nargs=3, default=[160, 160, 160])
+    p.add_argument("--voxel-size", type=float, nargs=3, default=[1.0, 1.0, 1.0])
+    p.add_argument("--methods", nargs="*", default=None)
+    p.add_argument("--profile", default="quick")
+    p.add_argument("--device", default="auto")
+    args = p.parse_args(argv)
+
+    t0 = time.perf_counter()
+    vol = make_phantom(tuple(args.shape), tuple(args.voxel_size), seed=0)
+    t_phantom = time.perf_counter() - t0
+    names = args.methods or registry.list_methods()
+    print(f"# phantom {tuple(args.shape)} @ {tuple(args.voxel_size)} mm built in {t_phantom:.1f} s; "
+          f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical cores, "
+          f"affinity {len(os.sched_getaffinity(0))}")
+    header = f"{'method':<14} {'wall s':>8} {'cpu s':>8} {'peak RSS MB':>12} {'extra MB':>9} {'NRMSE %':>8} {'status':<8}"
+    print(header)
+    print("-" * len(header))
+    truth = vol.references["chi"]
+    for name in names:
+        base = psutil.Process().memory_info().rss / 2**20
+        res = runner.run_method(name, vol, profile=args.profile, device=args.device,
+                                identity={"dataset": "bench", "perturbation": "none"})
+        r = res.record
+        if res.status != "ok":
+            print(f"{name:<14} {'-':>8} {'-':>8} {'-':>12} {'-':>9} {'-':>8} failed: {r['error']}")
+            continue
+        nrmse = metrics.evaluate(res.chi_ppm, truth, vol.mask, metrics=["nrmse"])[0].value
+        print(f"{name:<14} {r['wall_s']:8.2f} {r['cpu_s']:8.2f} {r['peak_rss_mb']:12.0f} "
+              f"{r['peak_rss_mb'] - base:9.0f} {nrmse:8.1f} {res.status:<8}")
+
+
+if __name__ == "__main__":
+    main()
