@@ -125,13 +125,21 @@ def dipole_kernel(shape: Sequence[int], voxel_size_mm: Sequence[float] = (1.0, 1
     rfft : return the half spectrum matching :func:`scipy.fft.rfftn`.
     """
     b = unit_vector(b0_dir)
-    kx, ky, kz = kspace_grid(shape, voxel_size_mm, rfft=rfft)
-    k2 = kx * kx + ky * ky + kz * kz
-    kb = kx * b[0] + ky * b[1] + kz * b[2]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        d = 1.0 / 3.0 - kb * kb / k2
+    dtype = np.dtype(dtype).type
+    # Built in the requested dtype with in-place operations: two full-size arrays at most
+    # (this kernel is allocated on padded grids of several hundred voxels per side).
+    kx, ky, kz = (k.astype(dtype) for k in kspace_grid(shape, voxel_size_mm, rfft=rfft))
+    d = kx * dtype(b[0]) + ky * dtype(b[1])
+    d = d + kz * dtype(b[2])
+    d *= d
+    k2 = kx * kx + ky * ky
+    k2 = k2 + kz * kz
+    k2[0, 0, 0] = 1.0
+    d /= k2
+    del k2
+    np.subtract(dtype(1.0 / 3.0), d, out=d)
     d[0, 0, 0] = d0
-    return d.astype(dtype, copy=False)
+    return d
 
 
 # --------------------------------------------------------------------------- forward model
@@ -180,8 +188,9 @@ def forward_field(chi_ppm: np.ndarray, voxel_size_mm: Sequence[float] = (1.0, 1.
     chi = np.asarray(chi_ppm)
     if chi.ndim != 3:
         raise ValueError(f"chi must be 3-D, got shape {chi.shape}")
+    dtype = np.float64 if chi.dtype == np.float64 else np.float32
     return kspace_filter(
-        chi, lambda s: dipole_kernel(s, voxel_size_mm, b0_dir, d0=d0, rfft=True),
+        chi, lambda s: dipole_kernel(s, voxel_size_mm, b0_dir, d0=d0, rfft=True, dtype=dtype),
         pad_factor=pad_factor, workers=workers)
 
 
