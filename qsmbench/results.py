@@ -1,0 +1,339 @@
+"""Scoring of reconstructions and the tidy results table.
+
+Two steps, one per workflow rule:
+
+``evaluate`` (one job per run)
+    :func:`evaluate_run` reads a run's ``run.json`` and its χ map, scores the map against every
+    reference of the input volume with :func:`qsmbench.metrics.evaluate`, and writes
+    ``results/metrics/{dataset}/{perturbation}/{method}.json``.  A failed run is recorded, not
+    skipped: its file has no scores but carries the run's status and error.
+
+``aggregate`` (one job)
+    :func:`collect` turns those files into one long ("tidy") table, one row per
+    (dataset, reference, perturbation, method, seed, metric), described by :data:`COLUMNS`;
+    :func:`write_table` stores it as parquet (and CSV).  Every number in the report comes from
+    this table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from . import io, metrics
+from .errors import InputError
+
+#: Status of a run, as written by the runner in ``run.json``.
+RUN_STATUSES = ("ok", "failed")
+
+#: Status of a row of the table.
+ROW_STATUSES = ("ok", "not_applicable", "run_failed")
+
+#: The tidy table: column name -> description, in column order.  One row per
+#: (dataset, reference, perturbation, method, seed, metric); the first six columns are the key.
+COLUMNS: dict[str, str] = {
+    "dataset": "dataset id (a data manifest name or the embedded phantom)",
+    "reference": "name of the ground-truth χ map the row is scored against (e.g. 'chi', 'chi_33'); "
+                 "'' when nothing was scored (failed run, or a volume without reference)",
+    "perturbation": "perturbation id (slug), 'none' for the unperturbed volume",
+    "method": "the configured method run (the workflow's run id, e.g. 'tkd' or 'tkd_shmueli'); the "
+              "registered method name when run.json has no run_id",
+    "seed": "seed of the run, derived from (dataset, perturbation, method, repetition)",
+    "metric": "metric name (see qsmbench.metrics.metric_table)",
+    "value": "metric value (float); NaN whenever status is not 'ok'",
+    "status": "'ok' (value present), 'not_applicable' (metric undefined on these data; see reason) "
+              "or 'run_failed' (the reconstruction failed; reason holds its error)",
+    "reason": "why there is no value: the metric's reason or the run's error; '' when status is 'ok'",
+    "better": "'lower' or 'higher': which direction of the value is better",
+    "unit": "unit of value ('%', 'dB', 'ppm', '' for unitless)",
+    "run_status": "status of the reconstruction run: 'ok' or 'failed'",
+    "error": "the run's error as 'ExcType: message'; '' when the run succeeded",
+    "wall_s": "wall-clock time of the timed reconstruction, s",
+    "cpu_s": "CPU time of the timed reconstruction (all threads), s",
+    "prepare_s": "wall-clock time of the untimed preparation (training, caching), s",
+    "peak_rss_mb": "peak resident memory of the run, MB",
+    "peak_gpu_mb": "peak GPU memory of the run, MB; NaN when no GPU was used",
+    "method_name": "registered name of the Method class that ran (several runs may share one)",
+    "profile": "parameter profile of the run (e.g. 'quick', 'paper'); '' when none",
+    "device": "device the method ran on (e.g. 'cpu', 'cuda:0 (NVIDIA H100)')",
+    "parameters": "the method's parameters as JSON (sorted keys)",
+    "qsmbench_version": "qsmbench version that ran the reconstruction",
+    "git_commit": "git commit of the qsmbench checkout that ran it; '' when unknown",
+}
+
+#: The columns that identify a row, in sort order.
+KEY_COLUMNS = ("dataset", "reference", "perturbation", "method", "seed", "metric")
+
+_FLOAT_COLUMNS = ("value", "wall_s", "cpu_s", "prepare_s", "peak_rss_mb", "peak_gpu_mb")
+_INT_COLUMNS = ("seed",)
+_STR_COLUMNS = tuple(c for c in COLUMNS if c not in _FLOAT_COLUMNS + _INT_COLUMNS)
+
+_RUN_REQUIRED = ("status", "dataset", "perturbation", "method")
+
+
+# --------------------------------------------------------------------------- evaluate
+def evaluate_run(run_json_path: str | os.PathLike, volume_dir: str | os.PathLike,
+                 out_json_path: str | os.PathLike) -> dict[str, Any]:
+    """Score one run against every reference of its input volume; write and return the record.
+
+    Parameters
+    ----------
+    run_json_path : the runner's ``run.json``; its ``output`` names the χ map (ppm) relative to
+        the file's folder.
+    volume_dir : the volume the method reconstructed, in the canonical layout
+        (``results/data/{dataset}`` or its perturbed copy).
+    out_json_path : where to write the record (atomically).
+
+    Returns
+    -------
+    dict with ``dataset``, ``perturbation``, ``method`` (the run id when run.json has one, else
+    the method name), ``status`` and ``error`` (of the run),
+    ``run`` (run.json without its traceback), ``references`` ({reference name: [MetricResult
+    dicts]}, empty for a failed run or a volume without reference) and ``notes``.
+
+    Metrics are computed in ``volume.eval_mask`` with the volume's labels, voxel size and
+    ``meta["metric_extras"]``.  Bad inputs raise :class:`InputError` naming the file.
+    """
+    run_path = Path(run_json_path)
+    volume_dir = Path(volume_dir)
+    run = _read_run(run_path)
+    vol = io.load_volume(volume_dir)
+    extras = vol.meta.get("metric_extras", {})
+    if not isinstance(extras, Mapping):
+        raise InputError(f"{volume_dir / io.META}: 'metric_extras' must be an object, "
+                         f"got {type(extras).__name__}")
+    record: dict[str, Any] = {
+        "dataset": run["dataset"],
+        "perturbation": run["perturbation"],
+        "method": run.get("run_id") or run["method"],
+        "status": run["status"],
+        "error": run.get("error"),
+        "run": {k: v for k, v in run.items() if k != "traceback"},
+        "references": {},
+        "notes": [],
+    }
+    if run["status"] == "failed":
+        record["notes"].append("the reconstruction failed, so nothing was scored")
+    elif not vol.references:
+        record["notes"].append(f"the volume {volume_dir} has no reference, so nothing was scored")
+    else:
+        chi_path = run_path.parent / run["output"]
+        chi_ppm, affine, _ = io.read_nifti(chi_path, role="reconstruction")
+        io.check_same_grid(volume_dir / io.FIELD, vol.shape, vol.affine, chi_path, chi_ppm.shape, affine)
+        mask_name = io.SCORING_MASK if vol.scoring_mask is not None else io.MASK
+        for name in sorted(vol.references):
+            scores = metrics.evaluate(
+                chi_ppm, vol.references[name], vol.eval_mask, labels=vol.labels,
+                voxel_size_mm=vol.voxel_size_mm, extras=extras,
+                names={"recon": f"reconstruction {chi_path}",
+                       "truth": f"reference {volume_dir / (io.REFERENCE_PREFIX + name + '.nii.gz')}",
+                       "mask": f"mask {volume_dir / mask_name}",
+                       "labels": f"labels {volume_dir / io.LABELS}"})
+            record["references"][name] = [s.as_dict() for s in scores]
+    io.write_json(out_json_path, record)
+    return record
+
+
+def _read_run(path: Path) -> dict[str, Any]:
+    run = io.read_json(path)
+    if not isinstance(run, dict):
+        raise InputError(f"{path} must hold a JSON object")
+    missing = [k for k in _RUN_REQUIRED if k not in run]
+    if missing:
+        raise InputError(f"{path} lacks the key(s) {', '.join(missing)}")
+    if run["status"] not in RUN_STATUSES:
+        raise InputError(f"{path}: status must be one of {RUN_STATUSES}, got {run['status']!r}")
+    if run["status"] == "ok" and not isinstance(run.get("output"), str):
+        raise InputError(f"{path}: a successful run must name its output file ('output')")
+    return run
+
+
+# --------------------------------------------------------------------------- aggregate
+def collect(metric_json_paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
+    """Build the tidy table (:data:`COLUMNS`) from the files written by :func:`evaluate_run`.
+
+    A failed run yields one row per registered metric with ``reference = ''``, status
+    ``run_failed`` and the run's error as reason; a successful run on a volume without
+    reference yields the same rows with status ``not_applicable``.  So every run appears in the
+    table.  Rows are sorted by :data:`KEY_COLUMNS`; a duplicated key is an :class:`InputError`.
+    """
+    if isinstance(metric_json_paths, str | os.PathLike):
+        metric_json_paths = [metric_json_paths]
+    rows: list[dict[str, Any]] = []
+    origin: dict[tuple, Path] = {}
+    for p in metric_json_paths:
+        path = Path(p)
+        record = io.read_json(path)
+        for row in _rows_of(record, path):
+            key = tuple(row[k] for k in KEY_COLUMNS)
+            if key in origin:
+                raise InputError(f"{path} and {origin[key]} both score "
+                                 + ", ".join(f"{k}={v!r}" for k, v in zip(KEY_COLUMNS, key, strict=True)))
+            origin[key] = path
+            rows.append(row)
+    df = pd.DataFrame(rows, columns=list(COLUMNS))
+    df = _coerce(df)
+    return df.sort_values(list(KEY_COLUMNS), kind="stable").reset_index(drop=True)
+
+
+def _rows_of(record: Any, path: Path) -> list[dict[str, Any]]:
+    if not isinstance(record, dict) or not isinstance(record.get("run"), dict) \
+            or not isinstance(record.get("references"), dict):
+        raise InputError(f"{path} is not a metrics file written by qsmbench.results.evaluate_run "
+                         "(needs the objects 'run' and 'references')")
+    run = record["run"]
+    status = run.get("status")
+    if status not in RUN_STATUSES:
+        raise InputError(f"{path}: run status must be one of {RUN_STATUSES}, got {status!r}")
+    try:
+        seed = int(run["seed"])
+    except (KeyError, TypeError, ValueError):
+        raise InputError(f"{path}: the run has no integer 'seed'") from None
+    common = {
+        "dataset": _text(record.get("dataset", run.get("dataset"))),
+        "perturbation": _text(record.get("perturbation", run.get("perturbation"))),
+        "method": _text(record.get("method") or run.get("run_id") or run.get("method")),
+        "seed": seed,
+        "run_status": status,
+        "error": _text(run.get("error")),
+        "wall_s": _number(run.get("wall_s")),
+        "cpu_s": _number(run.get("cpu_s")),
+        "prepare_s": _number(run.get("prepare_s")),
+        "peak_rss_mb": _number(run.get("peak_rss_mb")),
+        "peak_gpu_mb": _number(run.get("peak_gpu_mb")),
+        "method_name": _text(run.get("method")),
+        "profile": _text(run.get("profile")),
+        "device": _text(run.get("device")),
+        "parameters": json.dumps(run.get("parameters") or {}, sort_keys=True, default=str),
+        "qsmbench_version": _text(run.get("qsmbench_version")),
+        "git_commit": _text(run.get("git_commit")),
+    }
+    rows = []
+    if status == "failed" or not record["references"]:
+        if status == "failed":
+            row_status, reason = "run_failed", _text(run.get("error")) or "the run failed (no error recorded)"
+        else:
+            row_status = "not_applicable"
+            reason = "; ".join(record.get("notes") or []) or "the volume has no reference"
+        for spec in metrics.metric_table():
+            rows.append({**common, "reference": "", "metric": spec["metric"], "value": math.nan,
+                         "status": row_status, "reason": reason, "better": spec["better"],
+                         "unit": spec["unit"]})
+        return rows
+    for ref, scores in record["references"].items():
+        if not isinstance(scores, list):
+            raise InputError(f"{path}: references.{ref} must be a list of metric results")
+        for res in scores:
+            try:
+                rstatus = res["status"]
+                value = _number(res.get("value")) if rstatus == "ok" else math.nan
+                rows.append({**common, "reference": str(ref), "metric": str(res["metric"]),
+                             "value": value, "status": rstatus, "reason": _text(res.get("reason")),
+                             "better": _text(res.get("better")), "unit": _text(res.get("unit"))})
+            except (KeyError, TypeError) as exc:
+                raise InputError(f"{path}: malformed metric result in references.{ref}: {exc}") from None
+            if rstatus not in ("ok", "not_applicable"):
+                raise InputError(f"{path}: metric status must be 'ok' or 'not_applicable', got {rstatus!r}")
+    return rows
+
+
+def _text(x: Any) -> str:
+    return "" if x is None else str(x)
+
+
+def _number(x: Any) -> float:
+    if x is None:
+        return math.nan
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _coerce(df: pd.DataFrame) -> pd.DataFrame:
+    """Fix the dtypes of the :data:`COLUMNS` (after building or reading CSV) and put them first.
+
+    Extra columns (e.g. a ``config_hash`` added by the workflow) are kept, after the schema's.
+    """
+    df = df.copy()
+    for c in _FLOAT_COLUMNS:
+        df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
+    for c in _INT_COLUMNS:
+        df[c] = pd.to_numeric(df[c], errors="raise").astype("int64")
+    for c in _STR_COLUMNS:
+        df[c] = df[c].where(df[c].notna(), "").astype(str)
+    return df[list(COLUMNS) + [c for c in df.columns if c not in COLUMNS]]
+
+
+# --------------------------------------------------------------------------- storage
+def as_table(df: pd.DataFrame, what: str = "the results table") -> pd.DataFrame:
+    """``df`` with the :data:`COLUMNS` first and typed; :class:`InputError` if one is missing."""
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise InputError(f"{what} lacks the column(s) {', '.join(missing)}")
+    return _coerce(df)
+
+
+def write_table(df: pd.DataFrame, parquet_path: str | os.PathLike,
+                csv_path: str | os.PathLike | None = None) -> None:
+    """Write the table as parquet (and CSV when ``csv_path`` is given), each atomically."""
+    df = as_table(df)
+    atomic_write(parquet_path, lambda tmp: df.to_parquet(tmp, index=False))
+    if csv_path is not None:
+        atomic_write(csv_path, lambda tmp: df.to_csv(tmp, index=False, na_rep="NaN"))
+
+
+def read_table(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a table written by :func:`write_table` (``.parquet`` or ``.csv``), with its dtypes."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"results table not found: {path}")
+    try:
+        if path.suffix == ".csv":
+            # Empty strings are values ('' reference, '' error), not missing data.
+            df = pd.read_csv(path, keep_default_na=False, na_values={c: ["NaN", "nan", ""]
+                                                                     for c in _FLOAT_COLUMNS},
+                             dtype={c: str for c in _STR_COLUMNS})
+        else:
+            df = pd.read_parquet(path)
+    except Exception as exc:  # pyarrow and the CSV parser raise many types
+        raise InputError(f"cannot read results table {path}: {exc}") from None
+    return as_table(df, str(path))
+
+
+def atomic_write(path: str | os.PathLike, write) -> Path:
+    """Call ``write(temporary_path)`` in ``path``'s folder, then rename onto ``path``.
+
+    An interrupted job never leaves a truncated file under the final name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def runs(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per run (dataset, perturbation, method, seed) with its run-level columns."""
+    cols = ["dataset", "perturbation", "method", "seed", "run_status", "error", "wall_s", "cpu_s",
+            "prepare_s", "peak_rss_mb", "peak_gpu_mb", "method_name", "profile", "device", "parameters",
+            "qsmbench_version", "git_commit"]
+    out = df[cols].drop_duplicates(subset=["dataset", "perturbation", "method", "seed"])
+    return out.sort_values(["dataset", "perturbation", "method", "seed"]).reset_index(drop=True)
+
+
+__all__ = ["COLUMNS", "KEY_COLUMNS", "ROW_STATUSES", "RUN_STATUSES", "as_table", "atomic_write", "collect",
+           "evaluate_run", "read_table", "runs", "write_table"]
