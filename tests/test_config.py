@@ -30,7 +30,8 @@ def test_method_runs_fill_defaults():
     (lambda c: c.update(threads="two"), "key 'threads'"),
     (lambda c: c.update(colour="blue"), "'colour' was unexpected"),
     (lambda c: c["methods"].update(nosuch={}), "key 'methods.nosuch': unknown method 'nosuch'; registered methods:"),
-    (lambda c: c["methods"]["tkd"].update(params={"thresh": 0.2}), "key 'methods.tkd': method 'tkd' has no parameter 'thresh'"),
+    (lambda c: c["methods"]["tkd"].update(params={"thresh": 0.2}),
+     "key 'methods.tkd': method 'tkd' has no parameter 'thresh'"),
     (lambda c: c["methods"]["tkd"].update(params={"threshold": "high"}), "expects a"),
     (lambda c: c.update(perturbations=[]), "key 'perturbations'"),
 ])

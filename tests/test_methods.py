@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from qsmbench import registry
-from qsmbench.physics import dipole_kernel, difference_kernel_sq
+from qsmbench.physics import difference_kernel_sq, dipole_kernel
 from qsmbench.volume import Volume
 
 # Odd sizes: with an oblique B0 the kernel has no mirror sample on even-size Nyquist planes,

@@ -37,7 +37,8 @@ def main(argv=None):
     print(f"# phantom {tuple(args.shape)} @ {tuple(args.voxel_size)} mm built in {t_phantom:.1f} s; "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical cores, "
           f"affinity {len(os.sched_getaffinity(0))}")
-    header = f"{'method':<14} {'wall s':>8} {'cpu s':>8} {'peak RSS MB':>12} {'extra MB':>9} {'NRMSE %':>8} {'status':<8}"
+    header = (f"{'method':<14} {'wall s':>8} {'cpu s':>8} {'peak RSS MB':>12} {'extra MB':>9} "
+              f"{'NRMSE %':>8} {'status':<8}")
     print(header)
     print("-" * len(header))
     truth = vol.references["chi"]

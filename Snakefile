@@ -1,0 +1,25 @@
+# qsmbench: one command benchmarks every configured QSM method on every configured dataset.
+#   snakemake --cores all                       (default: offline, embedded phantom)
+#   snakemake --cores all --configfile config/paper.yaml
+# Stages: data -> (perturbed) -> recon -> metrics -> aggregate -> report.  See README.md.
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/reconstruct.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        "results/metrics.parquet",
+        "results/report/index.html",
+    default_target: True

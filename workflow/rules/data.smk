@@ -1,0 +1,15 @@
+rule simulate_phantom:
+    output:
+        "results/data/{dataset}/meta.json",
+    params:
+        spec=lambda wildcards: config["datasets"][wildcards.dataset],
+    log:
+        "logs/data/{dataset}.log",
+    conda:
+        ENV
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    script:
+        "../scripts/simulate_phantom.py"

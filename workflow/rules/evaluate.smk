@@ -1,0 +1,34 @@
+rule evaluate:
+    input:
+        run="results/recon/{dataset}/{perturbation}/{run}/run.json",
+        volume=volume_meta,
+    output:
+        "results/metrics/{dataset}/{perturbation}/{run}.json",
+    log:
+        "logs/metrics/{dataset}/{perturbation}/{run}.log",
+    conda:
+        ENV
+    resources:
+        mem_mb=3000,
+        runtime=10,
+    script:
+        "../scripts/evaluate.py"
+
+
+rule aggregate:
+    input:
+        all_metric_jsons,
+    output:
+        parquet="results/metrics.parquet",
+        csv="results/metrics.csv",
+    params:
+        config_hash=CONFIG_HASH,
+    log:
+        "logs/aggregate.log",
+    conda:
+        ENV
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../scripts/aggregate.py"

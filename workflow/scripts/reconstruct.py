@@ -1,0 +1,17 @@
+"""Rule reconstruct: one method on one (perturbed) volume -> chi_ppm.nii.gz + run.json."""
+
+from pathlib import Path
+
+from qsmbench.jobs import job
+from qsmbench.runner import run_job
+
+with job(snakemake) as log:
+    run = snakemake.params.run
+    record = run_job(Path(snakemake.input[0]).parent, snakemake.output[0], run_id=snakemake.wildcards.run,
+                     method=run["method"], params=run["params"], profile=run["profile"],
+                     device=snakemake.params.device, dataset=snakemake.wildcards.dataset,
+                     perturbation=snakemake.wildcards.perturbation,
+                     extra_dirs=snakemake.params.method_dirs)
+    log.info("status %s, wall %s s, peak RSS %s MB", record["status"], record["wall_s"], record["peak_rss_mb"])
+    if record["traceback"]:
+        log.error("method failed (recorded in run.json):\n%s", record["traceback"])

@@ -1,0 +1,13 @@
+"""Rule render_report: the tidy table + reconstructions -> results/report/index.html."""
+
+from pathlib import Path
+
+from qsmbench.jobs import job
+from qsmbench.report import montages_from_runs, render_report
+
+with job(snakemake):
+    volumes = {d: Path(m).parent for d, m in zip(snakemake.params.datasets, snakemake.input.volumes)}
+    render_report(snakemake.input.table, snakemake.output[0],
+                  montages=montages_from_runs(snakemake.input.runs, volumes),
+                  config=snakemake.params.config,
+                  provenance={"config_hash": snakemake.params.config_hash})
