@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from .errors import MethodUnavailableError
 from .io import write_json, write_nifti
 from .method import Method
 from .registry import get_method_class
@@ -270,7 +271,16 @@ def run_job(volume_dir: str | os.PathLike, run_json: str | os.PathLike, *, run_i
     seed = derive_seed(dataset, perturbation, run_id, repetition)
     identity = {"run_id": run_id, "dataset": dataset, "perturbation": perturbation,
                 "repetition": repetition}
-    result = run_method(method, vol, params=params, profile=profile, seed=seed, device=device,
-                        identity=identity, extra_dirs=extra_dirs)
+    try:
+        result = run_method(method, vol, params=params, profile=profile, seed=seed, device=device,
+                            identity=identity, extra_dirs=extra_dirs)
+    except MethodUnavailableError as exc:
+        # e.g. torch not installed: only this run fails, with the reason, and the workflow goes on
+        record = {"method": method, **identity, "parameters": dict(params or {}), "profile": profile,
+                  "seed": seed, "device": "", "qsmbench_version": __version__, "git_commit": git_commit(),
+                  "status": "failed", "error": f"{type(exc).__name__}: {exc}", "traceback": None,
+                  "wall_s": None, "cpu_s": None, "prepare_s": None, "peak_rss_mb": None,
+                  "peak_gpu_mb": None, "notes": []}
+        result = RunResult("failed", None, record)
     write_run(result, Path(run_json).parent, vol.affine)
     return result.record

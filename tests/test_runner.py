@@ -106,3 +106,24 @@ def test_run_job_writes_chi_then_run_json(tmp_path, small_volume):
 def test_unknown_device_is_rejected():
     with pytest.raises(ValueError, match="device"):
         runner.resolve_device("tpu")
+
+
+def test_unavailable_method_fails_only_its_run(tmp_path, small_volume, monkeypatch):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "needs_missing.py").write_text(
+        "from qsmbench.method import Method\n\n"
+        "class NeedsMissing(Method):\n"
+        '    """Needs a module that is not installed."""\n'
+        '    name = "needs_missing"\n'
+        '    requirements = ["module_that_is_not_installed_xyz"]\n'
+        '    references = ["none"]\n\n'
+        "    def reconstruct(self, vol):\n"
+        "        return vol.field_ppm * vol.mask\n")
+    save_volume(small_volume, tmp_path / "data")
+    rec = runner.run_job(tmp_path / "data", tmp_path / "recon" / "run.json", run_id="needs_missing",
+                         method="needs_missing", dataset="d", extra_dirs=[plugins])
+    assert rec["status"] == "failed"
+    assert "module_that_is_not_installed_xyz" in rec["error"]
+    saved = json.loads((tmp_path / "recon" / "run.json").read_text())
+    assert saved["status"] == "failed" and saved["output"] is None
