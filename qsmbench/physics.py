@@ -18,6 +18,8 @@ Conventions (used everywhere in qsmbench):
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -29,6 +31,58 @@ GAMMA_BAR_MHZ_PER_T = 42.57747892
 #: Reference acquisition used when a dataset states no B0 or TE (documented in METHODS.md).
 REFERENCE_B0_TESLA = 3.0
 REFERENCE_TE_S = 0.025
+
+
+# --------------------------------------------------------------------------- FFTs
+#: Threads for scipy.fft (-1 = all cores); the runner sets it from the job's thread count.
+_FFT_WORKERS = int(os.environ.get("QSMBENCH_FFT_WORKERS", "-1"))
+_FFT_CALLS = [0]
+
+
+def set_fft_workers(n: int) -> None:
+    """Threads used by the FFTs below (``-1``: all cores)."""
+    global _FFT_WORKERS
+    _FFT_WORKERS = int(n)
+
+
+def fft_calls() -> int:
+    """Number of 3-D FFTs (forward or inverse) computed through this module so far."""
+    return _FFT_CALLS[0]
+
+
+@contextlib.contextmanager
+def count_ffts():
+    """``with count_ffts() as c: ...`` then ``c["n"]`` is the number of FFTs done inside."""
+    counter = {"n": 0}
+    start = _FFT_CALLS[0]
+    try:
+        yield counter
+    finally:
+        counter["n"] = _FFT_CALLS[0] - start
+
+
+def rfftn(x, s=None, workers=None):
+    """Counted :func:`scipy.fft.rfftn` over all three axes."""
+    _FFT_CALLS[0] += 1
+    return scipy.fft.rfftn(x, s=s, workers=_FFT_WORKERS if workers is None else workers)
+
+
+def irfftn(x, s, workers=None):
+    """Counted :func:`scipy.fft.irfftn` (``s`` is the real output shape)."""
+    _FFT_CALLS[0] += 1
+    return scipy.fft.irfftn(x, s=s, workers=_FFT_WORKERS if workers is None else workers)
+
+
+def fftn(x, s=None, workers=None):
+    """Counted complex :func:`scipy.fft.fftn`."""
+    _FFT_CALLS[0] += 1
+    return scipy.fft.fftn(x, s=s, workers=_FFT_WORKERS if workers is None else workers)
+
+
+def ifftn(x, s=None, workers=None):
+    """Counted complex :func:`scipy.fft.ifftn`."""
+    _FFT_CALLS[0] += 1
+    return scipy.fft.ifftn(x, s=s, workers=_FFT_WORKERS if workers is None else workers)
 
 
 # --------------------------------------------------------------------------- units
@@ -169,9 +223,9 @@ def kspace_filter(x: np.ndarray, make_filter: Callable[[tuple[int, int, int]], n
         raise ValueError(f"expected a 3-D array, got shape {x.shape}")
     work_dtype = np.float64 if x.dtype == np.float64 else np.float32
     pshape = padded_shape(x.shape, pad_factor)
-    spec = scipy.fft.rfftn(x.astype(work_dtype, copy=False), s=pshape, workers=workers)
+    spec = rfftn(x.astype(work_dtype, copy=False), s=pshape, workers=workers)
     spec *= make_filter(pshape).astype(work_dtype, copy=False)
-    y = scipy.fft.irfftn(spec, s=pshape, workers=workers)
+    y = irfftn(spec, s=pshape, workers=workers)
     return np.ascontiguousarray(y[: x.shape[0], : x.shape[1], : x.shape[2]])
 
 

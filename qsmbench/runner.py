@@ -29,6 +29,7 @@ from . import __version__
 from .errors import MethodUnavailableError
 from .io import write_json, write_nifti
 from .method import Method
+from .physics import count_ffts, set_fft_workers
 from .registry import get_method_class
 from .volume import Volume
 
@@ -185,6 +186,7 @@ def run_method(method: str | Method, vol: Volume, *, params: Mapping[str, Any] |
         "prepare_s": None,
         "peak_rss_mb": None,
         "peak_gpu_mb": None,
+        "fft_count": None,
         "notes": [],
     }
     seed_everything(int(seed))
@@ -194,12 +196,13 @@ def run_method(method: str | Method, vol: Volume, *, params: Mapping[str, Any] |
         t0 = time.perf_counter()
         instance.prepare(train)
         record["prepare_s"] = time.perf_counter() - t0
-        with PeakMemory() as mem:
+        with PeakMemory() as mem, count_ffts() as ffts:
             c0, t0 = time.process_time(), time.perf_counter()
             chi = instance.reconstruct(visible)
             _sync_cuda(instance.device)
             record["wall_s"] = time.perf_counter() - t0
             record["cpu_s"] = time.process_time() - c0
+        record["fft_count"] = ffts["n"]
         record["peak_rss_mb"] = mem.peak_mb
         record["peak_gpu_mb"] = mem.peak_gpu_mb
         chi = validate_output(chi, vol)
@@ -212,6 +215,15 @@ def run_method(method: str | Method, vol: Volume, *, params: Mapping[str, Any] |
     record["status"] = status
     record["notes"] = list(getattr(instance, "notes", []))
     return RunResult(status, chi, record)
+
+
+def set_threads(n: int) -> None:
+    """Limit the FFTs (and torch, when loaded) to ``n`` threads, as the scheduler granted."""
+    set_fft_workers(n)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(n)
+    os.environ["QSMBENCH_THREADS"] = str(n)
 
 
 def _sync_cuda(device: str) -> None:
@@ -258,7 +270,7 @@ def write_run(result: RunResult, out_dir: str | os.PathLike, affine) -> Path:
 
 def run_job(volume_dir: str | os.PathLike, run_json: str | os.PathLike, *, run_id: str, method: str,
             params: Mapping[str, Any] | None = None, profile: str | None = None, device: str = "auto",
-            dataset: str = "", perturbation: str = "none", repetition: int = 0,
+            dataset: str = "", perturbation: str = "none", repetition: int = 0, threads: int | None = None,
             extra_dirs: Sequence[str | os.PathLike] = ()) -> dict[str, Any]:
     """One workflow job: load the volume, run the method, write chi + run.json beside it.
 
@@ -267,6 +279,8 @@ def run_job(volume_dir: str | os.PathLike, run_json: str | os.PathLike, *, run_i
     """
     from .io import load_volume  # noqa: PLC0415
 
+    if threads is not None:
+        set_threads(threads)
     vol = load_volume(volume_dir)
     seed = derive_seed(dataset, perturbation, run_id, repetition)
     identity = {"run_id": run_id, "dataset": dataset, "perturbation": perturbation,

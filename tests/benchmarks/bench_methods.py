@@ -5,7 +5,9 @@ Not collected by pytest.  Run:
     python tests/benchmarks/bench_methods.py [--shape 160 160 160] [--methods tkd cfl2] [--profile quick]
 
 Peak RSS is the process's resident memory sampled during ``reconstruct`` (the phantom and the
-interpreter included); "extra" subtracts the RSS before the call.
+interpreter included); "extra" subtracts the RSS before the call.  "FFTs" counts the 3-D FFTs a
+method did through ``qsmbench.physics``; "wall/FFT" is its wall time over (FFTs/2 x the time of
+one rfftn+irfftn pair on the unpadded grid) -- near 1 means the method is FFT-bound.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ import os
 import platform
 import time
 
+import numpy as np
 import psutil
 
-from qsmbench import metrics, registry, runner
+from qsmbench import metrics, physics, registry, runner
 from qsmbench.phantom import make_phantom
 
 
@@ -37,8 +40,10 @@ def main(argv=None):
     print(f"# phantom {tuple(args.shape)} @ {tuple(args.voxel_size)} mm built in {t_phantom:.1f} s; "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical cores, "
           f"affinity {len(os.sched_getaffinity(0))}")
+    fft_pair = _fft_pair_seconds(vol.shape)
+    print(f"# one rfftn+irfftn pair on the unpadded {vol.shape} grid: {fft_pair * 1e3:.1f} ms (float32)")
     header = (f"{'method':<14} {'wall s':>8} {'cpu s':>8} {'peak RSS MB':>12} {'extra MB':>9} "
-              f"{'NRMSE %':>8} {'status':<8}")
+              f"{'NRMSE %':>8} {'FFTs':>6} {'wall/FFT':>8} {'status':<8}")
     print(header)
     print("-" * len(header))
     truth = vol.references["chi"]
@@ -51,8 +56,21 @@ def main(argv=None):
             print(f"{name:<14} {'-':>8} {'-':>8} {'-':>12} {'-':>9} {'-':>8} failed: {r['error']}")
             continue
         nrmse = metrics.evaluate(res.chi_ppm, truth, vol.mask, metrics=["nrmse"])[0].value
+        n_fft = r.get("fft_count") or 0
+        ratio = f"{r['wall_s'] / (n_fft / 2 * fft_pair):8.2f}" if n_fft else f"{'-':>8}"
         print(f"{name:<14} {r['wall_s']:8.2f} {r['cpu_s']:8.2f} {r['peak_rss_mb']:12.0f} "
-              f"{r['peak_rss_mb'] - base:9.0f} {nrmse:8.1f} {res.status:<8}")
+              f"{r['peak_rss_mb'] - base:9.0f} {nrmse:8.1f} {n_fft:6d} {ratio} {res.status:<8}")
+
+
+def _fft_pair_seconds(shape, repeats: int = 5) -> float:
+    """Median time of one forward + inverse real FFT of ``shape`` (the unit of 'wall/FFT')."""
+    x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        physics.irfftn(physics.rfftn(x), s=shape)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ with job(snakemake) as log:
     record = run_job(Path(snakemake.input[0]).parent, snakemake.output[0], run_id=snakemake.wildcards.run,
                      method=run["method"], params=run["params"], profile=run["profile"],
                      device=snakemake.params.device, dataset=snakemake.wildcards.dataset,
-                     perturbation=snakemake.wildcards.perturbation,
+                     perturbation=snakemake.wildcards.perturbation, threads=snakemake.threads,
                      extra_dirs=snakemake.params.method_dirs)
     log.info("status %s, wall %s s, peak RSS %s MB", record["status"], record["wall_s"], record["peak_rss_mb"])
     if record["traceback"]:
