@@ -1,0 +1,17 @@
+rule perturb:
+    input:
+        "results/data/{dataset}/meta.json",
+    output:
+        "results/perturbed/{dataset}/{perturbation}/meta.json",
+    params:
+        components=lambda wildcards: PLAN[wildcards.dataset][wildcards.perturbation],
+    log:
+        "logs/perturbed/{dataset}/{perturbation}.log",
+    conda:
+        ENV
+    threads: 2
+    resources:
+        mem_mb=6000,
+        runtime=30,
+    script:
+        "../scripts/perturb.py"
