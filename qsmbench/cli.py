@@ -104,6 +104,20 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_fetch(args) -> int:
+    from .datasets import fetch, format_plan, plan_fetch  # noqa: PLC0415
+
+    if args.dry_run:
+        print(format_plan(*plan_fetch(args.dataset, cache=args.cache, mirror=args.mirror)))
+        return 0
+    result = fetch(args.dataset, cache=args.cache, mirror=args.mirror)
+    print(f"{result.manifest.name}: {len(result.files)} file(s) verified"
+          + (f" in the cache {result.cache}" if result.cache else ""))
+    for key, path in sorted(result.files.items()):
+        print(f"  {key:<20}  {path}")
+    return 0
+
+
 def cmd_check_method(args) -> int:
     from .contract import run_contract  # noqa: PLC0415
     from .registry import classes_in_module, load_module_from_file  # noqa: PLC0415
@@ -176,6 +190,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="numbering of --labels (default rc2)")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("fetch", help="download and verify a dataset into the data cache")
+    s.add_argument("dataset", help="data manifest name (see data_manifests/) or path to a manifest YAML")
+    s.add_argument("--dry-run", action="store_true",
+                   help="print what would be downloaded, where to and how big; download nothing")
+    s.add_argument("--mirror", default=None,
+                   help="base URL serving the files under their cache paths (default: $QSMBENCH_MIRROR)")
+    s.add_argument("--cache", default=None, help="data cache folder (default: $QSMBENCH_DATA or the per-user cache)")
+    s.set_defaults(func=cmd_fetch)
 
     s = sub.add_parser("check-method", help="run the method contract tests on a plugin file")
     s.add_argument("file")

@@ -60,8 +60,10 @@ def validate_config(config: Mapping[str, Any], *, source: str = "config",
     if errors:
         err = _most_specific(errors[0])
         raise ConfigError(f"{source}: key '{_key_path(err)}': {err.message}")
+    _check_datasets(config, source)
     if check_methods:
         _check_methods(config, source)
+    _check_run_filters(config, perturbation_plan(config, source=source), source)
     return config
 
 
@@ -112,3 +114,192 @@ def config_hash(config: Mapping[str, Any]) -> str:
     """Short SHA-256 of the canonical JSON of ``config`` (recorded as provenance)."""
     text = json.dumps(config, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------- perturbations
+def dataset_has_truth(config: Mapping[str, Any], name: str) -> bool:
+    """Whether dataset ``name`` has a ground-truth χ, so that perturbations needing one apply.
+
+    The embedded phantom always has one.  Other dataset types answer from their data manifest
+    (extend this function for them); a type it does not know is treated as having none: such a
+    dataset gets only ``none`` (and noise on its measured field when an entry lists it).
+    """
+    spec = config["datasets"][name]
+    if spec.get("type") == "manifest":
+        return dataset_manifest(config, name).has_truth
+    return spec.get("type") == "phantom"
+
+
+def dataset_manifest(config: Mapping[str, Any], name: str):
+    """The validated :class:`qsmbench.datasets.Manifest` of a ``type: manifest`` dataset
+    (``manifest`` defaults to the dataset id; a relative path starts from the working directory)."""
+    from .datasets import load_manifest  # noqa: PLC0415
+
+    spec = config["datasets"][name]
+    return load_manifest(spec.get("manifest", name))
+
+
+def _check_datasets(config: Mapping[str, Any], source: str) -> None:
+    """Every manifest dataset names a manifest that exists and validates."""
+    for name, spec in config["datasets"].items():
+        if spec.get("type") != "manifest":
+            continue
+        try:
+            dataset_manifest(config, name)
+        except ConfigError as exc:  # ManifestError: names the manifest file and its key
+            raise ConfigError(f"{source}: key 'datasets.{name}.manifest': {exc}") from None
+
+
+def dataset_geometry(config: Mapping[str, Any], name: str) -> dict[str, tuple] | None:
+    """``shape``, ``voxel_size_mm`` and ``b0_dir`` of dataset ``name`` when the config fixes them.
+
+    For the phantom: its keys, or :func:`qsmbench.phantom.make_phantom`'s defaults.  ``None`` when
+    only the data know (the perturb job checks the same constraints then, with an error naming
+    the volume).
+    """
+    spec = config["datasets"][name]
+    if spec.get("type") == "manifest":  # the manifest's documented geometry, when it states one
+        m = dataset_manifest(config, name)
+        geometry = m.geometry
+        if m.source_type == "simulated" or not {"shape", "voxel_size_mm"} <= set(geometry):
+            return None
+        return {"shape": tuple(geometry["shape"]), "voxel_size_mm": tuple(geometry["voxel_size_mm"]),
+                "b0_dir": tuple(m.acquisition["b0_dir"])}
+    if spec.get("type") != "phantom":
+        return None
+    import inspect  # noqa: PLC0415
+
+    from .phantom import make_phantom  # noqa: PLC0415 - imports scipy
+
+    defaults = {k: p.default for k, p in inspect.signature(make_phantom).parameters.items()}
+    return {k: tuple(spec.get(k, defaults[k])) for k in ("shape", "voxel_size_mm", "b0_dir")}
+
+
+def perturbation_plan(config: Mapping[str, Any], *, source: str = "config") -> dict[str, dict[str, list[dict]]]:
+    """``{dataset: {perturbation id: components}}``: the perturbed volumes the workflow builds.
+
+    Every dataset gets ``none`` (first; the baseline of every degradation plot).  Each entry of
+    ``perturbations`` (see :func:`qsmbench.perturb.expand_item`) applies to the datasets it lists
+    under ``datasets``, else to every dataset with a ground truth (:func:`dataset_has_truth`).
+    Errors (:class:`ConfigError`, naming the key) for: a malformed id or value, an unknown dataset,
+    a resolution or orientation entry that lists a dataset without truth, a target voxel size finer
+    than the dataset's or an orientation axis parallel to its B0 (where the config fixes the
+    geometry), and one id produced twice with different parameters.
+    """
+    from . import perturb  # noqa: PLC0415 - perturb imports numpy
+
+    datasets = list(config["datasets"])
+    plan: dict[str, dict[str, list[dict]]] = {d: {"none": []} for d in datasets}
+    origin: dict[tuple[str, str], str] = {}
+    for i, item in enumerate(config.get("perturbations", [])):
+        key = f"perturbations.{i}"
+        if item == "none":
+            continue
+        try:
+            perts = perturb.expand_item(item)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{source}: key '{key}': {exc}") from None
+        kinds = {c["kind"] for comps in perts for c in comps}
+        explicit = item.get("datasets") if isinstance(item, Mapping) else None
+        if explicit is None:
+            targets = [d for d in datasets if dataset_has_truth(config, d)]
+        else:
+            targets = []
+            for j, d in enumerate(explicit):
+                if d not in config["datasets"]:
+                    raise ConfigError(f"{source}: key '{key}.datasets.{j}': unknown dataset {d!r}; "
+                                      f"datasets: {', '.join(datasets)}")
+                needs = sorted(kinds & perturb.NEEDS_TRUTH)
+                if needs and not dataset_has_truth(config, d):
+                    raise ConfigError(f"{source}: key '{key}.datasets.{j}': dataset {d!r} has no ground-truth χ, "
+                                      f"which {' and '.join(needs)} perturbations need; a dataset without truth "
+                                      "can only get noise on its measured field")
+                targets.append(d)
+        for d in targets:
+            _check_perturbation_geometry(config, d, item, key, source)
+            for comps in perts:
+                pid = perturb.slug(comps)
+                if pid in plan[d] and plan[d][pid] != comps:
+                    raise ConfigError(f"{source}: key '{key}': perturbation {pid!r} of dataset {d!r} is also defined "
+                                      f"by '{origin[d, pid]}' with other parameters")
+                plan[d][pid] = comps
+                origin.setdefault((d, pid), key)
+    return plan
+
+
+def _check_perturbation_geometry(config, dataset, item, key, source) -> None:
+    from . import perturb  # noqa: PLC0415
+
+    geometry = dataset_geometry(config, dataset)
+    if geometry is None:
+        return
+    if isinstance(item, str):
+        parts = [(c["kind"], c, key) for c in perturb.parse_slug(item)]
+        specs = [(kind, {"voxel_size_mm": [c["voxel_size_mm"]]} if kind == "resolution" else c, k)
+                 for kind, c, k in parts]
+    elif "combine" in item:
+        specs = [(kind, spec, f"{key}.combine.{kind}") for kind, spec in item["combine"].items()]
+    else:
+        specs = [(kind, spec, f"{key}.{kind}") for kind, spec in item.items() if kind != "datasets"]
+    where = (f"dataset {dataset!r} ({'x'.join(str(n) for n in geometry['shape'])} voxels of "
+             f"{'x'.join(perturb.format_number(v) for v in geometry['voxel_size_mm'])} mm)")
+    for kind, spec, k in specs:
+        if kind == "resolution":
+            sizes = spec["voxel_size_mm"]
+            for j, size in enumerate(sizes if isinstance(sizes, list | tuple) else [sizes]):
+                target = [size] * 3 if isinstance(size, int | float) else size
+                try:
+                    perturb.resolution_grid(geometry["shape"], geometry["voxel_size_mm"], target)
+                except ValueError as exc:
+                    at = k if isinstance(item, str) else f"{k}.voxel_size_mm.{j}"
+                    raise ConfigError(f"{source}: key '{at}': {where}: {exc}") from None
+        elif kind == "orientation":
+            import numpy as np  # noqa: PLC0415
+
+            axis = np.asarray(spec.get("axis", perturb.DEFAULT_AXIS), dtype=float)
+            b0 = np.asarray(geometry["b0_dir"], dtype=float)
+            if np.linalg.norm(axis) > 0 and np.linalg.norm(b0) > 0 and \
+                    abs(axis @ b0) / (np.linalg.norm(axis) * np.linalg.norm(b0)) > 1 - 1e-9:
+                at = k if isinstance(item, str) else f"{k}.axis"
+                raise ConfigError(f"{source}: key '{at}': {where}: the rotation axis {axis.tolist()} is parallel "
+                                  f"to B0 {list(geometry['b0_dir'])}, so a tilt would change nothing")
+
+
+def _check_run_filters(config: Mapping[str, Any], plan: Mapping[str, Mapping[str, Any]], source: str) -> None:
+    from . import perturb  # noqa: PLC0415
+
+    ids = sorted({p for perts in plan.values() for p in perts})
+    for run_id, spec in config["methods"].items():
+        for j, entry in enumerate((spec or {}).get("perturbations") or []):
+            # an axis name is always valid (a sweep may be commented out); an id or pattern must match
+            if not (_is_axis_name(entry) or any(perturb.matches(entry, p) for p in ids)):
+                axes = sorted({perturb.axis_name(p) for p in ids} - {"none"})
+                raise ConfigError(f"{source}: key 'methods.{run_id}.perturbations.{j}': {entry!r} matches no "
+                                  f"perturbation of this configuration (ids: {', '.join(ids)}; axis names: "
+                                  f"{', '.join(axes) or 'none'})")
+
+
+def _is_axis_name(text: str) -> bool:
+    from . import perturb  # noqa: PLC0415
+
+    kinds = text.split("+")
+    return all(k in perturb.KINDS for k in kinds) and kinds == sorted(set(kinds), key=perturb.KINDS.index)
+
+
+def run_accepts(config: Mapping[str, Any], run_id: str, perturbation: str) -> bool:
+    """Whether method run ``run_id`` runs on ``perturbation`` (its ``perturbations`` filter).
+
+    ``none`` is always run; without a filter, everything is.
+    """
+    from . import perturb  # noqa: PLC0415
+
+    entries = (config["methods"][run_id] or {}).get("perturbations")
+    return perturbation == "none" or entries is None or any(perturb.matches(e, perturbation) for e in entries)
+
+
+def job_list(config: Mapping[str, Any], plan: Mapping[str, Mapping[str, Any]] | None = None
+             ) -> list[tuple[str, str, str]]:
+    """Every (dataset, perturbation, method run) job, honouring each run's perturbation filter."""
+    plan = perturbation_plan(config) if plan is None else plan
+    return [(d, p, r) for d, perts in plan.items() for p in perts for r in config["methods"]
+            if run_accepts(config, r, p)]

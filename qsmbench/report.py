@@ -43,6 +43,7 @@ STYLE = "style.css"
 SECTIONS = {
     "overview": "Overview",
     "metrics": "Metrics",
+    "robustness": "Robustness",
     "montages": "Slice montages",
     "runtime": "Run time and peak memory",
     "failures": "Failed runs",
@@ -55,6 +56,9 @@ DEFAULT_CAPTIONS = {
     "overview": "What this report covers: datasets, perturbations, methods and references.",
     "run_status": "Status of every reconstruction run, per method and (dataset, perturbation).",
     "metrics": "Metric values per method; the best value of each column is highlighted.",
+    "robustness": "How each method degrades along each perturbation axis (noise, resolution, B0 orientation).",
+    "robustness_plot": "Metric against perturbation level, one line per method (mean over seeds, band: min–max).",
+    "robustness_table": "The values of the plot above: mean ± standard deviation over seeds.",
     "montage": "Central slices of the reference χ, the input field, each method's χ and its error.",
     "runtime_table": "Run time and peak memory of every reconstruction run.",
     "runtime_chart": "Mean run time and peak memory per method over its successful runs.",
@@ -147,7 +151,8 @@ def render_report(table: pd.DataFrame | str | os.PathLike, out_html: str | os.Pa
                   montages: Sequence[Mapping[str, Any]] = (), config: Any = None,
                   provenance: Mapping[str, Any] | None = None,
                   captions_dir: str | os.PathLike | None = None,
-                  report_dir: str | os.PathLike | None = None) -> Path:
+                  report_dir: str | os.PathLike | None = None,
+                  robustness_metrics: Sequence[str] = ("nrmse", "xsim")) -> Path:
     """Write the report as one self-contained HTML file (atomically); return its path.
 
     Parameters
@@ -163,6 +168,7 @@ def render_report(table: pd.DataFrame | str | os.PathLike, out_html: str | os.Pa
     provenance : extra key/value pairs shown under Provenance (e.g. the Snakemake version).
     captions_dir : folder of the ``{key}.rst`` captions; default ``report_dir/captions``.
     report_dir : folder holding ``templates/`` and ``style.css``; default :data:`REPORT_DIR`.
+    robustness_metrics : the metrics of the degradation plots (Robustness section), one panel each.
     """
     source = "the results table"
     if not isinstance(table, pd.DataFrame):
@@ -184,6 +190,7 @@ def render_report(table: pd.DataFrame | str | os.PathLike, out_html: str | os.Pa
         "sections": SECTIONS,
         "overview": _overview(df, run_table, colours, captions, source),
         "metric_tables": _metric_tables(df, run_table, colours, captions, source),
+        "robustness": _robustness(df, colours, captions, source, robustness_metrics),
         "montages": [_montage(e, colours, captions) for e in montages],
         "runtime": _runtime(run_table, colours, captions, source),
         "failures": _failures(run_table, colours, captions, source),
@@ -359,6 +366,111 @@ def _format_like(value: float, reference_text: str) -> str:
     decimals = len(reference_text.split(".")[1]) if "." in reference_text else 0
     text = f"{value:.{decimals}f}"
     return text if float(text) != 0 or value == 0 else format_number(value, digits=2)
+
+
+def _robustness(df, colours, captions, source, metric_names=("nrmse", "xsim")) -> dict[str, Any]:
+    """One degradation plot (and its table) per (dataset, reference, perturbation axis).
+
+    The x axis holds ``none`` then the axis's levels (a level is a perturbation id without its
+    noise seed, :func:`qsmbench.perturb.level_id`), from least to most degraded; each method's
+    line is the mean over seeds (noise seeds and method seeds) of its 'ok' values, the band the
+    min–max.  Perturbation ids that :mod:`qsmbench.perturb` cannot parse are listed in a note.
+    """
+    from . import perturb
+
+    notes, axis_of = [], {}
+    for p in sorted(set(df["perturbation"]) - {"none"}):
+        try:
+            axis_of[p] = perturb.axis_name(p)
+        except ValueError as exc:
+            notes.append(f"perturbation {p!r} is not shown: {exc}")
+    present = set(df["metric"])
+    metric_list = [m for m in metric_names if m in present]
+    items = []
+    scored = df[(df["reference"] != "") & df["metric"].isin(metric_list)]
+    for (dataset, reference), group in scored.groupby(["dataset", "reference"], sort=True):
+        axes = sorted({axis_of[p] for p in set(group["perturbation"]) if p in axis_of},
+                      key=lambda a: (a.count("+"), [perturb.KINDS.index(k) for k in a.split("+")]))
+        for axis in axes:
+            levels: dict[str, list[str]] = {}
+            for p in sorted(p for p in set(group["perturbation"]) if axis_of.get(p) == axis):
+                levels.setdefault(perturb.level_id(p), []).append(p)
+            order = sorted(levels, key=lambda lv: perturb.severity(levels[lv][0]))
+            points = [("none", ["none"])] + [(perturb.level_label(levels[lv][0]), levels[lv]) for lv in order]
+            # the metrics scored somewhere on this axis (all of them when every run failed)
+            on_axis = group[group["perturbation"].isin([p for ids in levels.values() for p in ids])
+                            & (group["status"] == "ok")]
+            shown = [m for m in metric_list if m in set(on_axis["metric"])] or metric_list
+            items.append(_degradation(dataset, reference, axis, points, group, shown, colours, captions, source))
+    return {"caption": captions("robustness"), "items": items, "notes": notes}
+
+
+def _degradation(dataset, reference, axis, points, group, metric_list, colours, captions, source) -> dict[str, Any]:
+    """The plot and table of one axis: ``points`` is [(label, [perturbation ids])], 'none' first."""
+    methods = sorted(set(group["method"]))
+    first = {m: group[group["metric"] == m].iloc[0] for m in metric_list}
+    stats: dict[tuple[str, str], list[tuple[float, float, float, float, int]]] = {}
+    for metric in metric_list:
+        for method in methods:
+            rows = group[(group["metric"] == metric) & (group["method"] == method) & (group["status"] == "ok")]
+            series = []
+            for _, ids in points:
+                v = rows.loc[rows["perturbation"].isin(ids), "value"].to_numpy(dtype=float)
+                v = v[np.isfinite(v)]
+                series.append((float(v.mean()), float(v.min()), float(v.max()),
+                               float(v.std(ddof=1)) if v.size > 1 else math.nan, int(v.size)) if v.size
+                              else (math.nan, math.nan, math.nan, math.nan, 0))
+            stats[metric, method] = series
+    title = f"{dataset} · reference {reference} · {axis.replace('+', ' + ')}"
+    png = _degradation_png(title, axis, [label for label, _ in points], methods, metric_list, first, stats, colours)
+    columns = ["method", "metric"] + [label for label, _ in points]
+    rows_out = []
+    for method in methods:
+        for metric in metric_list:
+            cells = [_method_cell(method, colours), _cell(_label(metric, first[metric]["unit"]))]
+            for mean, _lo, _hi, sd, n in stats[metric, method]:
+                if n == 0:
+                    cells.append(_cell("—", title="no successful run at this level", cls="na"))
+                    continue
+                text = format_number(mean)
+                if n > 1:
+                    text += " ± " + _format_like(sd, text)
+                cells.append(_cell(text, title=f"{n} value{'s' if n > 1 else ''}", cls="num"))
+            rows_out.append(cells)
+    ids = ", ".join(i for _, group_ids in points[1:] for i in group_ids)
+    table = _table("robustness_table", columns, rows_out, captions,
+                   f"qsmbench.report from {source}: rows with dataset={dataset}, reference={reference}, "
+                   f"status ok, perturbation none or {ids}", title="")
+    figure = {"title": title, "caption": captions("robustness_plot"), "png": png,
+              "alt": f"degradation plot of {', '.join(metric_list)} against {axis} level for {', '.join(methods)}",
+              "source": f"qsmbench.report (matplotlib) from {source}"}
+    return {"figure": figure, "table": table}
+
+
+_AXIS_LABELS = {"noise": "peak SNR", "resolution": "voxel size", "orientation": "B0 tilt"}
+
+
+def _degradation_png(title, axis, labels, methods, metric_list, first, stats, colours) -> str:
+    plt = _pyplot()
+    n = max(1, len(metric_list))
+    fig, axes = plt.subplots(1, n, figsize=(4.3 * n + 0.4, 3.4), layout="constrained", squeeze=False)
+    fig.suptitle(title, fontsize=11)
+    x = np.arange(len(labels))
+    for ax, metric in zip(axes[0], metric_list, strict=False):
+        for method in methods:
+            series = np.array([s[:3] for s in stats[metric, method]], dtype=float)
+            colour = colours.get(method, method_colour(method))
+            ax.plot(x, series[:, 0], marker="o", ms=4, color=colour, label=method)
+            if np.any(series[:, 2] > series[:, 1]):
+                ax.fill_between(x, series[:, 1], series[:, 2], color=colour, alpha=0.2, linewidth=0)
+        ax.set_xticks(x, labels, rotation=30 if len(labels) > 4 or axis not in _AXIS_LABELS else 0,
+                      ha="right" if len(labels) > 4 or axis not in _AXIS_LABELS else "center", fontsize=8)
+        ax.set_xlabel(_AXIS_LABELS.get(axis, "level") + " (least to most perturbed)", fontsize=9)
+        ax.set_ylabel(f"{_label(metric, first[metric]['unit'])}, {first[metric]['better']} is better", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.spines[["top", "right"]].set_visible(False)
+    axes[0][-1].legend(fontsize=8, frameon=False, loc="best")
+    return _png(fig)
 
 
 def _runtime(run_table, colours, captions, source) -> dict[str, Any]:

@@ -6,7 +6,10 @@ from pathlib import Path
 # The workflow uses the qsmbench package of this checkout, installed or not.
 sys.path.insert(0, str(Path(workflow.basedir)))
 
-from qsmbench.config import config_hash, method_runs, validate_config  # noqa: E402
+import re  # noqa: E402
+
+from qsmbench.config import config_hash, job_list, method_runs, perturbation_plan, validate_config  # noqa: E402
+from qsmbench.config import dataset_manifest  # noqa: E402
 from qsmbench.errors import ConfigError  # noqa: E402
 
 try:
@@ -15,7 +18,12 @@ except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
 
 DATASETS = list(config["datasets"])
-PERTURBATIONS = list(config["perturbations"])
+# results/data/{dataset} is made by simulate_phantom (type phantom) or prepare_dataset (type manifest)
+PHANTOM_DATASETS = [d for d, spec in config["datasets"].items() if spec["type"] == "phantom"]
+MANIFEST_DATASETS = [d for d, spec in config["datasets"].items() if spec["type"] == "manifest"]
+# {dataset: {perturbation id: components}}; 'none' for every dataset (qsmbench.config.perturbation_plan)
+PLAN = perturbation_plan(config)
+PERTURBATIONS = sorted({p for perts in PLAN.values() for p in perts})
 RUNS = method_runs(config)
 CONFIG_HASH = config_hash(config)
 ENV = "../../environment.yml"
@@ -23,7 +31,7 @@ ENV = "../../environment.yml"
 
 wildcard_constraints:
     dataset="|".join(DATASETS),
-    perturbation="|".join(PERTURBATIONS),
+    perturbation="|".join(re.escape(p) for p in PERTURBATIONS),  # ids hold '.' and '+'
     run="|".join(RUNS),
 
 
@@ -39,7 +47,8 @@ def volume_meta(wildcards):
 
 
 def all_jobs():
-    return [(d, p, r) for d in DATASETS for p in PERTURBATIONS for r in RUNS]
+    """(dataset, perturbation, run) triples, honouring each run's 'perturbations' filter."""
+    return job_list(config, PLAN)
 
 
 def all_run_jsons(wildcards=None):
@@ -48,3 +57,17 @@ def all_run_jsons(wildcards=None):
 
 def all_metric_jsons(wildcards=None):
     return [f"results/metrics/{d}/{p}/{r}.json" for d, p, r in all_jobs()]
+
+
+def one_of(names):
+    """A wildcard constraint matching exactly these names (and nothing when there are none)."""
+    return "|".join(re.escape(n) for n in names) or "(?!)"
+
+
+def manifest_inputs(wildcards):
+    """prepare_dataset's inputs: the manifest and, for your own data, its files (edits re-run it)."""
+    m = dataset_manifest(config, wildcards.dataset)
+    files = [str(m.path)]
+    if m.source_type == "local":
+        files += [str(m.local_path(f)) for f in m.files if not f.optional or m.local_path(f).exists()]
+    return files

@@ -1,6 +1,8 @@
 rule simulate_phantom:
     output:
         "results/data/{dataset}/meta.json",
+    wildcard_constraints:
+        dataset=one_of(PHANTOM_DATASETS),  # manifest datasets: prepare_dataset (datasets.smk)
     params:
         spec=lambda wildcards: config["datasets"][wildcards.dataset],
     log:
