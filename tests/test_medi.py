@@ -1,0 +1,308 @@
+"""MEDI (methods/medi.py): edge mask, cost and its gradient, Gauss-Newton, units, options."""
+
+import dataclasses
+import inspect
+
+import numpy as np
+import pytest
+
+from qsmbench import operators, physics, registry
+from qsmbench.contract import contract_volume
+from qsmbench.errors import ConfigError
+
+medi = inspect.getmodule(registry.get_method_class("medi"))
+MEDI = medi.MEDI
+
+
+def _run(vol, **params):
+    m = MEDI(**params)
+    chi = m.reconstruct(vol.for_method())
+    return chi, m
+
+
+def _ellipsoid(shape, frac=0.4):
+    grid = np.meshgrid(*[(np.arange(n) - (n - 1) / 2) / (frac * n) for n in shape], indexing="ij")
+    return sum(g * g for g in grid) <= 1.0
+
+
+def _smooth_random(rng, shape, sigma=1.5):
+    from scipy import ndimage
+    return ndimage.gaussian_filter(rng.normal(size=shape), sigma) + 1.0
+
+
+def _toolbox_threshold_loop(g, n_mask, percentage, tau0):
+    """The percentage rule written literally: multiply tau by 1.05 / 0.95 one step at a time."""
+    tau = tau0
+    if np.count_nonzero(g > tau) / n_mask > percentage:
+        while np.count_nonzero(g > tau) / n_mask > percentage:
+            tau *= 1.05
+    else:
+        while np.count_nonzero(g > tau) / n_mask < percentage:
+            tau *= 0.95
+    return tau
+
+
+# --------------------------------------------------------------------------- edge mask
+@pytest.mark.parametrize("percentage", [0.05, 0.3, 0.9, 1.6])
+def test_edge_mask_hits_the_requested_edge_fraction(rng, percentage):
+    shape, vs = (22, 20, 18), (1.0, 1.2, 0.9)
+    mask = _ellipsoid(shape)
+    mag = _smooth_random(rng, shape).astype(np.float32)
+    em = medi.edge_mask(mag, mask, vs, percentage)
+    g = np.abs(operators.grad(mag * mask, vs))
+    target = percentage * mask.sum()
+    assert em.n_mask == mask.sum()
+    assert em.n_edges == np.count_nonzero(g > em.tau)
+    np.testing.assert_array_equal(em.wg, (g <= em.tau).astype(np.float32))
+    # the threshold is the one the toolbox's step-by-step loop ends on
+    assert em.tau0 == pytest.approx(0.01 * mag.max())
+    assert em.tau == pytest.approx(_toolbox_threshold_loop(g, mask.sum(), percentage, em.tau0), rel=1e-9)
+    # ... which brackets the requested number of edges within one step
+    if em.steps > 0:
+        assert np.count_nonzero(g > em.tau) <= target < np.count_nonzero(g > em.tau / 1.05)
+    else:
+        assert np.count_nonzero(g > em.tau) >= target > np.count_nonzero(g > em.tau / 0.95)
+    if percentage >= 0.3:   # below that the mask boundary's jumps (all alike) dominate the top values
+        assert em.edge_fraction == pytest.approx(percentage, rel=0.2)
+
+
+def test_edge_mask_both_search_directions_occur(rng):
+    shape = (22, 20, 18)
+    mask = _ellipsoid(shape)
+    mag = _smooth_random(rng, shape).astype(np.float32)
+    assert medi.edge_mask(mag, mask, (1, 1, 1), 0.9).steps > 0      # tau raised from 0.01 max
+    flat = (1.0 + 0.01 * (mag - 1.0)).astype(np.float32)             # gradients well below 0.01 max
+    em = medi.edge_mask(flat, mask, (1, 1, 1), 0.9)
+    assert em.steps < 0                                               # tau lowered
+    g = np.abs(operators.grad(flat * mask))
+    assert em.tau == pytest.approx(_toolbox_threshold_loop(g, mask.sum(), 0.9, em.tau0), rel=1e-9)
+
+
+def test_edge_mask_of_a_constant_magnitude_keeps_only_the_mask_boundary():
+    shape = (16, 16, 16)
+    mask = _ellipsoid(shape)
+    em = medi.edge_mask(np.ones(shape, np.float32), mask, (1, 1, 1), 0.9)
+    g = np.abs(operators.grad(mask.astype(np.float32)))
+    assert em.tau == 0.0            # too few non-zero gradients to reach 0.9 per voxel
+    np.testing.assert_array_equal(em.wg, (g == 0).astype(np.float32))
+
+
+# --------------------------------------------------------------------------- operators, cost
+def test_fused_laplacian_is_grad_adjoint_of_weighted_grad(rng):
+    x = rng.normal(size=(7, 8, 9))
+    w = rng.random((3, 7, 8, 9))
+    vs = (1.0, 0.5, 2.0)
+    expected = operators.grad_adjoint(w * operators.grad(x, vs), vs)
+    np.testing.assert_allclose(medi.weighted_laplacian(x, w, vs), expected, rtol=1e-12, atol=1e-12)
+
+
+def _problem(rng, shape=(10, 11, 9), vs=(1.0, 1.2, 0.8), dtype=np.float64, csf=False):
+    mask = _ellipsoid(shape, 0.45)
+    wg = (rng.random((3, *shape)) > 0.3).astype(dtype)
+    return medi.MEDIProblem(
+        rdf=(rng.normal(size=shape) * mask).astype(dtype), w2=mask.astype(dtype), wg=wg,
+        kernel=physics.dipole_kernel(shape, vs, (0.1, 0.3, 1.0), d0=0.0, rfft=True, dtype=dtype),
+        voxel_size_mm=vs, lam=50.0, eps=1e-2, csf_mask=_ellipsoid(shape, 0.15) if csf else None,
+        lam_csf=7.0)
+
+
+@pytest.mark.parametrize("csf", [False, True])
+def test_hessian_is_symmetric(rng, csf):
+    prob = _problem(rng, csf=csf)
+    x = rng.normal(size=prob.rdf.shape)
+    apply = prob.hessian_operator(prob.reg_weights(x))
+    u, v = rng.normal(size=(2, *x.shape))
+    assert np.vdot(apply(u), v) == pytest.approx(np.vdot(u, apply(v)), rel=1e-10)
+    assert np.vdot(apply(u), u) > 0
+
+
+@pytest.mark.parametrize("csf", [False, True])
+def test_gradient_matches_finite_differences_of_the_smoothed_cost(rng, csf):
+    prob = _problem(rng, csf=csf)
+    x = 0.3 * rng.normal(size=prob.rdf.shape)
+    grad = prob.gradient(x, prob.dconv(x), prob.reg_weights(x))
+    for _ in range(3):
+        v = rng.normal(size=x.shape)
+        h = 1e-5
+        fd = (prob.smoothed_cost(x + h * v) - prob.smoothed_cost(x - h * v)) / (2 * h)
+        assert np.vdot(grad, v) == pytest.approx(fd, rel=1e-6)
+
+
+def test_cost_equals_the_complex_exponential_form(rng):
+    # odd sizes: no Nyquist planes, so the complex FFT and the real-to-complex FFT agree exactly
+    prob = _problem(rng, shape=(11, 9, 7))
+    x = rng.normal(size=prob.rdf.shape)
+    dx = np.real(np.fft.ifftn(physics.dipole_kernel(x.shape, prob.voxel_size_mm, (0.1, 0.3, 1.0), d0=0.0)
+                              * np.fft.fftn(x)))
+    w = np.sqrt(prob.w2)
+    data = prob.lam * np.sum(np.abs(w * (np.exp(1j * dx) - np.exp(1j * prob.rdf))) ** 2)
+    reg = np.sum(np.abs(prob.wg * operators.grad(x, prob.voxel_size_mm)))
+    c = prob.cost(x)
+    assert c["data"] == pytest.approx(data, rel=1e-10)
+    assert c["reg"] == pytest.approx(reg, rel=1e-10)
+    assert c["total"] == pytest.approx(data + reg, rel=1e-10)
+
+
+def test_conjugate_gradient_solves_an_spd_system(rng):
+    a = rng.normal(size=(30, 30))
+    a = a @ a.T + 30 * np.eye(30)
+    b = rng.normal(size=30)
+    x, res, n = medi.conjugate_gradient(lambda v: a @ v, b, tol=1e-8, max_iter=200)
+    assert res <= 1e-8 and n <= 60
+    np.testing.assert_allclose(a @ x, b, atol=1e-6)
+    x2, res2, n2 = medi.conjugate_gradient(lambda v: a @ v, b, tol=1e-8, max_iter=3)
+    assert n2 == 3 and res2 > 1e-8
+
+
+# --------------------------------------------------------------------------- the solver
+def test_gauss_newton_decreases_the_cost(small_volume):
+    vol = small_volume
+    rdf = physics.ppm_to_rad(vol.field_ppm, vol.b0_tesla, vol.te_s)
+    res = medi.medi_l1(rdf, vol.mask, vol.voxel_size_mm, vol.b0_dir, magnitude=vol.magnitude)
+    totals = [res.initial_cost["total"]] + [h["total"] for h in res.history]
+    assert len(res.history) >= 2
+    assert all(b < a for a, b in zip(totals, totals[1:])), totals
+    assert res.history[0]["norm_ratio"] == np.inf        # ||dx||/||x|| with x = 0 before the step
+    assert res.converged == (res.history[-1]["norm_ratio"] < 0.1)
+    assert all(h["cg_iterations"] <= 100 for h in res.history)
+    # medi_cost on the (unmasked) solution is what the history records
+    assert medi.medi_cost(np.zeros_like(rdf), rdf, vol.mask, vol.voxel_size_mm, vol.b0_dir,
+                          magnitude=vol.magnitude)["total"] == pytest.approx(res.initial_cost["total"], rel=1e-5)
+
+
+def test_iteration_limits_are_respected(small_volume):
+    vol = small_volume
+    rdf = physics.ppm_to_rad(vol.field_ppm, vol.b0_tesla, vol.te_s)
+    res = medi.medi_l1(rdf, vol.mask, vol.voxel_size_mm, magnitude=vol.magnitude, max_iter=2, cg_max_iter=5,
+                       tol_norm_ratio=0.0)
+    assert len(res.history) == 2 and not res.converged
+    assert [h["cg_iterations"] for h in res.history] == [5, 5]
+
+
+def test_without_magnitude_equals_the_tv_mode(small_volume):
+    vol = small_volume
+    no_mag = dataclasses.replace(vol, magnitude=None)
+    chi_plain, m_plain = _run(no_mag)
+    chi_tv, m_tv = _run(vol, edge_weighting=False)
+    chi_medi, _ = _run(vol)
+    np.testing.assert_array_equal(chi_plain, chi_tv)
+    assert "no magnitude: plain TV (wG = 1)" in m_plain.notes
+    assert m_plain.result.edges is None
+    assert any("plain TV" in n for n in m_tv.notes)
+    assert not np.allclose(chi_plain, chi_medi)     # the edge mask does change the result
+
+
+# --------------------------------------------------------------------------- units
+def test_only_the_phase_matters_b0_and_te_enter_through_their_product(small_volume):
+    vol = small_volume
+    a, _ = _run(dataclasses.replace(vol, b0_tesla=3.0, te_s=0.02))
+    b, _ = _run(dataclasses.replace(vol, b0_tesla=1.5, te_s=0.04))
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * np.abs(a).max())
+
+
+def test_same_phase_in_radians_gives_chi_scaled_like_the_field(small_volume):
+    # half the field (ppm) at twice TE is the same phase: x in radians is the same, chi in ppm halves
+    vol = small_volume
+    a, _ = _run(vol)
+    b, _ = _run(dataclasses.replace(vol, field_ppm=vol.field_ppm / 2, te_s=vol.te_s * 2))
+    np.testing.assert_allclose(b, a / 2, rtol=1e-4, atol=1e-6 * np.abs(a).max())
+
+
+def test_output_is_the_radian_solution_converted_by_physics(small_volume):
+    vol = small_volume
+    chi, m = _run(vol)
+    rdf = physics.ppm_to_rad(vol.field_ppm.astype(np.float64), vol.b0_tesla, vol.te_s).astype(np.float32)
+    res = medi.medi_l1(rdf, vol.mask, vol.voxel_size_mm, vol.b0_dir, magnitude=vol.magnitude)
+    np.testing.assert_allclose(chi, physics.rad_to_ppm(res.x_rad, vol.b0_tesla, vol.te_s), rtol=1e-6, atol=1e-9)
+    assert "20.06" not in m.notes[0] and "rad/ppm" in m.notes[0]   # 3 T, 20 ms: 16.05 rad/ppm
+
+
+def test_lambda_acts_in_radians(small_volume):
+    """Longer TE at the same field = proportionally larger lambda (small phases, eps scaled too).
+
+    With phases << 1 rad the data term is ||W (D x - RDF)||^2; scaling RDF by s and x by s turns
+    ``(lam, eps)`` into ``(s lam, s^2 eps)`` up to the factor s of the whole cost, so
+    ``chi(TE s, lam, eps) = chi(TE, s lam, s^2 eps)``; at equal lam the two differ.
+    """
+    field = small_volume.field_ppm * 0.01            # phases of a few hundredths of a radian
+    noise = np.random.default_rng(0).normal(size=field.shape).astype(np.float32)
+    field = field + 0.3 * np.abs(field).max() * noise * small_volume.mask   # noise: lam matters
+    vol = dataclasses.replace(small_volume, field_ppm=field)
+    s = 2.0
+    longer_te, _ = _run(dataclasses.replace(vol, te_s=vol.te_s * s), eps=1e-8 * s * s)
+    larger_lam, _ = _run(vol, lam=1000.0 * s, eps=1e-8)
+    same_lam, _ = _run(vol, eps=1e-8)
+    scale = np.abs(larger_lam).max()
+    assert np.abs(longer_te - larger_lam).max() < 1e-3 * scale
+    assert np.abs(longer_te - same_lam).max() > 1e-2 * scale
+
+
+def test_reference_acquisition_is_noted(small_volume):
+    vol = dataclasses.replace(small_volume, b0_tesla=physics.REFERENCE_B0_TESLA, te_s=physics.REFERENCE_TE_S)
+    _, m = _run(vol)
+    assert "reference values" in m.notes[0]
+
+
+# --------------------------------------------------------------------------- options
+def test_smv_option_erodes_the_mask_and_runs(small_volume):
+    vol = small_volume
+    chi, m = _run(vol, smv=True, smv_radius_mm=2.0)
+    out = m.result.mask_out
+    assert out.sum() < vol.mask.sum() and not np.any(out & ~vol.mask)
+    assert np.all(chi[~out] == 0) and np.isfinite(chi).all() and np.abs(chi[out]).max() > 0
+
+
+def test_smv_kernel_is_a_normalised_sphere():
+    k = medi.smv_kernel((20, 20, 20), (1.0, 1.0, 1.0), 3.0)
+    assert k[0, 0, 0] == pytest.approx(1.0, abs=1e-6)
+    sphere = np.fft.fftshift(physics.irfftn(k, s=(20, 20, 20)))
+    assert sphere.sum() == pytest.approx(1.0, abs=1e-5)
+    r = np.sqrt(sum(g * g for g in np.meshgrid(*[np.arange(20) - 10] * 3, indexing="ij")))
+    assert np.all(np.abs(sphere[r > 3 + np.sqrt(3) / 2]) < 1e-6)          # nothing beyond the sphere
+    full = sphere[r < 3 - np.sqrt(3) / 2]                                  # voxels wholly inside: equal
+    np.testing.assert_allclose(full, full.max(), rtol=1e-4)
+    assert sphere.sum() / full.max() == pytest.approx(4 / 3 * np.pi * 27, rel=0.02)   # its volume
+
+
+def test_merit_downweights_outlier_voxels(small_volume):
+    vol = small_volume
+    field = vol.field_ppm.copy()
+    inside = np.argwhere(vol.mask)
+    spikes = inside[:: max(1, len(inside) // 6)][:6]
+    field[tuple(spikes.T)] += 0.1                         # about 1.6 rad phase errors
+    _, m = _run(dataclasses.replace(vol, field_ppm=field), merit=True)
+    assert m.result.history[0]["merit_voxels"] > 0
+
+
+def test_zero_padding_keeps_the_grid(small_volume):
+    vol = small_volume
+    chi, _ = _run(vol, pad_factor=1.5, max_iter=2)
+    assert chi.shape == vol.shape and np.all(chi[~vol.mask] == 0) and np.isfinite(chi).all()
+
+
+def test_csf_term_makes_the_csf_uniform(rng):
+    vol = contract_volume()
+    rdf = physics.ppm_to_rad(vol.field_ppm, vol.b0_tesla, vol.te_s)
+    rdf = rdf + 0.3 * rng.normal(size=rdf.shape).astype(np.float32) * vol.mask
+    csf = _ellipsoid(vol.shape, 0.15) & (vol.references["chi"] == 0)
+    plain = medi.medi_l1(rdf, vol.mask, vol.voxel_size_mm, magnitude=vol.magnitude).x_rad
+    zero = medi.medi_l1(rdf, vol.mask, vol.voxel_size_mm, magnitude=vol.magnitude, csf_mask=csf,
+                        lam_csf=1e4).x_rad
+    assert np.std(zero[csf]) < 0.5 * np.std(plain[csf])
+
+
+def test_bad_parameters_are_config_errors(small_volume):
+    with pytest.raises(ConfigError, match="R2"):
+        _run(small_volume, medi0=True)
+    with pytest.raises(ConfigError, match="lam"):
+        _run(small_volume, lam=-1.0)
+    with pytest.raises(ConfigError, match="percentage"):
+        medi.edge_mask(small_volume.magnitude, small_volume.mask, (1, 1, 1), 0.0)
+
+
+def test_defaults_are_the_published_ones():
+    p = MEDI.parameters
+    assert (p["lam"], p["percentage"], p["eps"], p["max_iter"], p["tol_norm_ratio"], p["cg_max_iter"],
+            p["cg_tol"], p["smv_radius_mm"], p["merit_sigma"], p["lam_csf"], p["d0"]) == \
+        (1000.0, 0.9, 1e-6, 10, 0.1, 100, 0.01, 5.0, 6.0, 100.0, 0.0)
+    assert not (p["smv"] or p["merit"] or p["medi0"]) and p["pad_factor"] == 1.0 and p["edge_weighting"]
