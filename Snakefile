@@ -24,4 +24,5 @@ rule all:
     input:
         "results/metrics.parquet",
         "results/report/index.html",
+        "results/paper_figures",  # also a target of its own: snakemake paper_figures
     default_target: True

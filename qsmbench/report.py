@@ -1,9 +1,19 @@
-"""The HTML report: one self-contained file built from the results table and declared images.
+"""The HTML report: one self-contained page built from the results table and the χ maps.
 
 :func:`render_report` turns the tidy table of :mod:`qsmbench.results` (every number comes from
-it) plus a list of slice montages (images read from the volume folders and the χ maps) into a
+it), the statistics of :mod:`qsmbench.stats` and the figures of :mod:`qsmbench.figures` into a
 single HTML page: figures are embedded as base64 PNG, the style sheet is inlined, and nothing
-is loaded from the network.
+is loaded from the network.  With ``figures_dir`` every figure is also written there as PNG and
+SVG (``{figures_dir}/{kind}/{name}.png``; kinds :data:`FIGURE_KINDS`), for the Snakemake report
+and for reuse.
+
+Sections (:data:`SECTIONS`): overview (what was run, run status, the best method per headline
+metric), results per dataset (metric table of the unperturbed data, ranking, paired
+comparisons, every perturbation level collapsed), robustness (degradation curves per axis),
+slice montages, cost (time and memory, device), method parameters, failed runs (with their
+error), metric definitions and provenance (software, hardware, configuration and data
+checksums).  Every table and figure has a caption (``report/captions/{key}.rst``) and a note
+of what produced it.
 
 The look lives in the ``report/`` folder at the repository root: ``templates/report.html.j2``
 (Jinja2, autoescaped), ``style.css`` and one-line reStructuredText captions in ``captions/``
@@ -14,14 +24,12 @@ from __future__ import annotations
 
 import base64
 import html
-import io as _io
 import json
 import math
 import os
 import platform
 import re
 import sys
-import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,7 +39,7 @@ import numpy as np
 import pandas as pd
 from markupsafe import Markup
 
-from . import __version__, io, metrics, results
+from . import __version__, figures, io, metrics, results, stats
 from .errors import InputError
 
 #: The report folder shipped with the repository (templates, style sheet, captions).
@@ -42,55 +50,59 @@ STYLE = "style.css"
 #: Sections in page order: anchor id -> heading.
 SECTIONS = {
     "overview": "Overview",
-    "metrics": "Metrics",
+    "results": "Results per dataset",
     "robustness": "Robustness",
     "montages": "Slice montages",
-    "runtime": "Run time and peak memory",
+    "cost": "Cost: run time and memory",
+    "parameters": "Method parameters",
     "failures": "Failed runs",
     "definitions": "Metric definitions",
     "provenance": "Provenance",
 }
 
+#: Sub-folders of ``figures_dir``, one per kind of figure.
+FIGURE_KINDS = ("ranking", "robustness", "montage", "cost")
+
 #: Caption used when ``captions/{key}.rst`` is missing.
 DEFAULT_CAPTIONS = {
     "overview": "What this report covers: datasets, perturbations, methods and references.",
-    "run_status": "Status of every reconstruction run, per method and (dataset, perturbation).",
-    "metrics": "Metric values per method; the best value of each column is highlighted.",
+    "run_status": "Successful runs out of all runs, per method and dataset.",
+    "run_status_detail": "Status of every run per perturbation (rows) and method (columns).",
+    "headline": "The best method per headline metric on the unperturbed data.",
+    "statistics": "How the statistics are computed.",
+    "metrics": "Metric values per method on the unperturbed data; the best value of each column is highlighted.",
+    "levels_table": "Metric values per perturbation level and method.",
+    "ranking": "Mean rank of every method per metric over all volumes of the dataset.",
+    "ranking_table": "The values of the ranking figure.",
+    "comparisons": "Paired comparisons of the methods over the same perturbed volumes.",
     "robustness": "How each method degrades along each perturbation axis (noise, resolution, B0 orientation).",
-    "robustness_plot": "Metric against perturbation level, one line per method (mean over seeds, band: min–max).",
-    "robustness_table": "The values of the plot above: mean ± standard deviation over seeds.",
+    "robustness_plot": "Metric against perturbation level, one line per method (mean over seeds, band: 95 % CI).",
+    "robustness_table": "The values of the plot above: mean ± half width of the 95 % CI over seeds.",
     "montage": "Central slices of the reference χ, the input field, each method's χ and its error.",
+    "runtime_chart": "Run time and peak memory per method over its successful runs.",
+    "cost_summary": "Run time and memory per method.",
     "runtime_table": "Run time and peak memory of every reconstruction run.",
-    "runtime_chart": "Mean run time and peak memory per method over its successful runs.",
+    "parameters": "The parameters every method ran with.",
     "failed_runs": "Runs that failed, with their error.",
     "metric_definitions": "Definitions and sources of the metrics.",
-    "provenance": "Software versions and the configuration that produced these results.",
+    "provenance": "Software versions, hardware and configuration that produced these results.",
+    "data_checksums": "Checksums of the input data.",
     "config": "The configuration of the run.",
 }
 
-#: Colour-blind-friendly palette (Okabe-Ito, then Tableau) assigned to methods.
-PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000",
-           "#4E79A7", "#F28E2B", "#59A14F", "#E15759", "#B07AA1", "#76B7B2", "#EDC948", "#9C755F")
-
-#: Fallback χ display range (ppm) when the data give none.
-CHI_RANGE_PPM = (-0.15, 0.25)
-
-_ORIENTATIONS = (("axial", 2), ("coronal", 1), ("sagittal", 0))
+#: Tables longer than this are collapsed (``<details>``) by default.
+COLLAPSE_ROWS = 12
 
 
-# --------------------------------------------------------------------------- colours
+# --------------------------------------------------------------------------- colours (compat)
 def method_colour(name: str) -> str:
-    """A display colour (``#rrggbb``) that depends on the method name only."""
-    return PALETTE[zlib.crc32(name.encode()) % len(PALETTE)]
+    """The display colour (``#rrggbb``) of a method shown on its own."""
+    return figures.method_styles([name])[name].colour
 
 
 def method_colours(names: Sequence[str]) -> dict[str, str]:
-    """Distinct colours for a set of methods: the palette in sorted-name order.
-
-    Beyond the palette's length, names fall back to :func:`method_colour`.
-    """
-    names = sorted(set(names))
-    return {n: PALETTE[i] if i < len(PALETTE) else method_colour(n) for i, n in enumerate(names)}
+    """Distinct display colours of a set of methods (:func:`qsmbench.figures.method_styles`)."""
+    return {n: s.colour for n, s in figures.method_styles(names).items()}
 
 
 # --------------------------------------------------------------------------- formatting
@@ -111,6 +123,15 @@ def format_number(value: Any, digits: int = 4) -> str:
     return f"{v:.{decimals}f}"
 
 
+def _format_like(value: float, reference_text: str) -> str:
+    """``value`` with as many decimals as ``reference_text`` (a spread next to its mean)."""
+    if "e" in reference_text or not math.isfinite(value):
+        return format_number(value)
+    decimals = len(reference_text.split(".")[1]) if "." in reference_text else 0
+    text = f"{value:.{decimals}f}"
+    return text if float(text) != 0 or value == 0 else format_number(value, digits=2)
+
+
 def _label(metric: str, unit: str) -> str:
     return f"{metric} ({unit})" if unit else metric
 
@@ -119,31 +140,131 @@ def _cell(text: Any = "", *, title: str = "", cls: str = "", swatch: str = "") -
     return {"text": str(text), "title": title, "cls": cls, "swatch": swatch}
 
 
-def _table(key: str, columns: Sequence[Any], rows: list[list[dict]], captions: _Captions, source: str,
-           title: str = "") -> dict[str, Any]:
-    cols = [c if isinstance(c, dict) else {"text": str(c), "title": ""} for c in columns]
-    anchor = "table-" + re.sub(r"[^a-z0-9]+", "-", f"{key} {title}".lower()).strip("-")
-    return {"key": key, "anchor": anchor, "title": title, "columns": cols, "rows": rows,
-            "caption": captions(key), "source": source, "notes": []}
+def _num_cell(value: Any, missing: str = "not recorded") -> dict[str, str]:
+    text = format_number(value)
+    return _cell(text, title=missing if text == "n/a" else "", cls="num" if text != "n/a" else "na")
+
+
+def _anchor(*parts: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", " ".join(parts).lower()).strip("-")
 
 
 class _Captions:
-    """One-line ``.rst`` captions, rendered to HTML (inline literals only)."""
+    """One-line ``.rst`` captions, rendered to HTML (inline literals, strong and emphasis only)."""
 
     def __init__(self, folder: Path):
         self.folder = folder
+        self._cache: dict[str, Markup] = {}
 
     def __call__(self, key: str) -> Markup:
-        path = self.folder / f"{key}.rst"
-        text = ""
-        if path.is_file():
-            text = " ".join(line.strip() for line in path.read_text(encoding="utf-8").splitlines()).strip()
-        text = text or DEFAULT_CAPTIONS.get(key, "")
-        escaped = html.escape(text)
-        escaped = re.sub(r"``(.+?)``", r"<code>\1</code>", escaped)
-        escaped = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", escaped)
-        escaped = re.sub(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])", r"<em>\1</em>", escaped)
-        return Markup(escaped)
+        if key not in self._cache:
+            path = self.folder / f"{key}.rst"
+            text = ""
+            if path.is_file():
+                text = " ".join(line.strip() for line in path.read_text(encoding="utf-8").splitlines()).strip()
+            text = text or DEFAULT_CAPTIONS.get(key, "")
+            escaped = html.escape(text)
+            escaped = re.sub(r"``(.+?)``", r"<code>\1</code>", escaped)
+            escaped = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", escaped)
+            escaped = re.sub(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])", r"<em>\1</em>", escaped)
+            self._cache[key] = Markup(escaped)
+        return self._cache[key]
+
+
+class _Builder:
+    """Holds what every section needs: the table, styles, captions, statistics, the figure sink."""
+
+    def __init__(self, df: pd.DataFrame, source: str, captions: _Captions, styles: Mapping[str, figures.MethodStyle],
+                 figures_dir: Path | None, confidence: float, alpha: float, correction: str):
+        self.df = df
+        self.source = source
+        self.captions = captions
+        self.styles = styles
+        self.figures_dir = figures_dir
+        self.confidence = confidence
+        self.alpha = alpha
+        self.correction = correction
+        self.run_table = results.runs(df)
+        level_of = {p: stats.level_of(p) for p in set(self.run_table["perturbation"])}
+        self.run_table["level"] = self.run_table["perturbation"].map(level_of)
+        self.metric_order = _metric_order(df)
+        self.summary = stats.summarise(df, confidence=confidence)
+        self.meta = {m: (str(u), str(b)) for m, u, b in
+                     df.groupby("metric")[["unit", "better"]].first().itertuples(name=None)}
+        self.level_labels = _level_labels(set(df["perturbation"]))
+        self.pct = f"{confidence:.0%}".replace("%", " %")
+
+    # ------------------------------------------------------------------ building blocks
+    def method_cell(self, name: str) -> dict[str, str]:
+        st = figures.style_of(self.styles, name)
+        title = f"run id {name}" if st.label != name else ""
+        return _cell(st.label, cls="method", swatch=st.colour, title=title)
+
+    def table(self, key: str, columns: Sequence[Any], rows: list[list[dict]], source: str, *, title: str = "",
+              collapsed: bool | None = None, summary: str = "", anchor: str = "") -> dict[str, Any]:
+        cols = [c if isinstance(c, dict) else {"text": str(c), "title": ""} for c in columns]
+        if collapsed is None:
+            collapsed = len(rows) > COLLAPSE_ROWS
+        return {"key": key, "anchor": "table-" + (anchor or _anchor(key, title)), "title": title, "columns": cols,
+                "rows": rows, "caption": self.captions(key), "source": source, "notes": [],
+                "collapsed": collapsed, "summary": summary or f"{len(rows)} rows"}
+
+    def figure(self, key: str, fig, kind: str, name: str, title: str, alt: str, source: str) -> dict[str, Any]:
+        folder = self.figures_dir / kind if self.figures_dir is not None else None
+        png = figures.export(fig, folder=folder, stem=figures.slug(name) if folder else None)
+        return {"title": title, "caption": self.captions(key), "alt": alt, "source": source,
+                "png": "data:image/png;base64," + base64.b64encode(png).decode("ascii")}
+
+    def value_cell(self, row: Any) -> tuple[dict[str, str], float | None]:
+        """A metric cell from a :func:`qsmbench.stats.summarise` row: mean ± CI half width."""
+        if row is None or row["n"] == 0:
+            return _cell("—", title="no value", cls="na"), None
+        mean = float(row["mean"])
+        text = format_number(mean)
+        title = "1 value"
+        if row["n"] > 1:
+            text += " ± " + _format_like(float(row["ci_half"]), text)
+            title = (f"mean of {row['n']} seeds ± half width of the {self.pct} t-interval "
+                     f"[{format_number(row['ci_lo'])}, {format_number(row['ci_hi'])}]; sd {format_number(row['sd'])}")
+        return _cell(text, title=title, cls="num"), mean
+
+    def level_label(self, level: str) -> str:
+        return self.level_labels.get(level, level)
+
+
+def _metric_order(df: pd.DataFrame) -> list[str]:
+    registered = [r["metric"] for r in metrics.metric_table()]
+    present = set(df["metric"])
+    return [m for m in registered if m in present] + sorted(present - set(registered))
+
+
+def _level_labels(perturbations) -> dict[str, str]:
+    from . import perturb
+
+    out = {"none": "none"}
+    for p in perturbations:
+        level = stats.level_of(p)
+        if level in out:
+            continue
+        try:
+            out[level] = perturb.level_label(p)
+        except ValueError:
+            out[level] = level
+    return out
+
+
+def _level_sort_key(level: str):
+    """Sort key of a level or perturbation id: none, single axes by kind and severity, combinations, unknown."""
+    from . import perturb
+
+    if level == "none":
+        return (0, (), ())
+    as_id = level + "-seed1" if re.search(r"noise-snr[^+]*$", level) and "-seed" not in level else level
+    try:
+        kinds = tuple(perturb.KINDS.index(k) for k in perturb.axis_name(as_id).split("+"))
+        return (len(kinds), kinds, perturb.severity(as_id))
+    except ValueError:
+        return (9, (), (level,))
 
 
 # --------------------------------------------------------------------------- entry point
@@ -152,7 +273,13 @@ def render_report(table: pd.DataFrame | str | os.PathLike, out_html: str | os.Pa
                   provenance: Mapping[str, Any] | None = None,
                   captions_dir: str | os.PathLike | None = None,
                   report_dir: str | os.PathLike | None = None,
-                  robustness_metrics: Sequence[str] = ("nrmse", "xsim")) -> Path:
+                  robustness_metrics: Sequence[str] = ("nrmse", "xsim"),
+                  comparison_metrics: Sequence[str] | None = None,
+                  figures_dir: str | os.PathLike | None = None,
+                  data_dirs: Mapping[str, str | os.PathLike] | None = None,
+                  title: str | None = None, labels: Mapping[str, str] | None = None,
+                  confidence: float = stats.CONFIDENCE, alpha: float = stats.ALPHA,
+                  correction: str = "holm") -> Path:
     """Write the report as one self-contained HTML file (atomically); return its path.
 
     Parameters
@@ -169,6 +296,16 @@ def render_report(table: pd.DataFrame | str | os.PathLike, out_html: str | os.Pa
     captions_dir : folder of the ``{key}.rst`` captions; default ``report_dir/captions``.
     report_dir : folder holding ``templates/`` and ``style.css``; default :data:`REPORT_DIR`.
     robustness_metrics : the metrics of the degradation plots (Robustness section), one panel each.
+    comparison_metrics : the headline metrics: paired comparisons and the overview's best
+        methods (default ``robustness_metrics``).
+    figures_dir : also write every figure there as PNG + SVG (``{kind}/{name}``); each kind's
+        folder (:data:`FIGURE_KINDS`) is created, emptied of old figures, even when it stays empty.
+    data_dirs : {dataset: its canonical volume folder}; their ``meta.json`` checksums (of the
+        downloaded source files) are listed under Provenance.
+    title : the page title (default "qsmbench report").
+    labels : display names of run ids (default :data:`qsmbench.figures.KNOWN_METHODS`, else the id).
+    confidence, alpha, correction : the t-interval's confidence level, the significance level
+        and the multiple-comparison correction of the paired tests (:mod:`qsmbench.stats`).
     """
     source = "the results table"
     if not isinstance(table, pd.DataFrame):
@@ -178,31 +315,45 @@ def render_report(table: pd.DataFrame | str | os.PathLike, out_html: str | os.Pa
     report_dir = Path(report_dir) if report_dir is not None else REPORT_DIR
     if not (report_dir / "templates" / TEMPLATE).is_file():
         raise InputError(f"report template not found: {report_dir / 'templates' / TEMPLATE}")
+    if correction not in stats.CORRECTIONS:
+        raise InputError(f"unknown correction {correction!r}; known: {', '.join(stats.CORRECTIONS)}")
     captions = _Captions(Path(captions_dir) if captions_dir is not None else report_dir / "captions")
-    run_table = results.runs(df)
+    fig_dir = Path(figures_dir) if figures_dir is not None else None
+    if fig_dir is not None:
+        for kind in FIGURE_KINDS:
+            (fig_dir / kind).mkdir(parents=True, exist_ok=True)
+            for old in (fig_dir / kind).glob("*.*"):
+                if old.suffix in (".png", ".svg"):
+                    old.unlink()
     method_names = set(df["method"]) | {m for e in montages for m in e.get("recons", {})}
-    colours = method_colours(sorted(method_names))
+    styles = figures.method_styles(sorted(method_names), labels)
+    b = _Builder(df, source, captions, styles, fig_dir, confidence, alpha, correction)
+    headline = [m for m in (comparison_metrics or robustness_metrics) if m in set(df["metric"])]
+    montage_figures = [_montage(b, e) for e in montages]  # first: bad χ files fail before the slow part
 
     context = {
-        "title": "qsmbench report",
+        "title": title or "qsmbench report",
         "css": Markup((report_dir / STYLE).read_text(encoding="utf-8")) if (report_dir / STYLE).is_file()
         else "",
         "sections": SECTIONS,
-        "overview": _overview(df, run_table, colours, captions, source),
-        "metric_tables": _metric_tables(df, run_table, colours, captions, source),
-        "robustness": _robustness(df, colours, captions, source, robustness_metrics),
-        "montages": [_montage(e, colours, captions) for e in montages],
-        "runtime": _runtime(run_table, colours, captions, source),
-        "failures": _failures(run_table, colours, captions, source),
-        "definitions": _definitions(df, captions),
-        "provenance": _provenance(df, config, provenance, captions, source),
+        "overview": _overview(b, headline),
+        "datasets": _results(b, headline),
+        "robustness": _robustness(b, robustness_metrics),
+        "montages": montage_figures,
+        "cost": _cost(b),
+        "parameters": _parameters(b),
+        "failures": _failures(b),
+        "definitions": _definitions(b),
+        "provenance": _provenance(b, config, provenance, data_dirs),
         "version": __version__,
     }
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(report_dir / "templates")),
                              autoescape=True, undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True)
     text = env.get_template(TEMPLATE).render(**context)
-    return results.atomic_write(out_html, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    out = results.atomic_write(out_html, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    out.chmod(0o644)  # a web page: readable by whoever serves it (mkstemp makes 0600)
+    return out
 
 
 def montages_from_runs(run_json_paths: Sequence[str | os.PathLike],
@@ -213,7 +364,7 @@ def montages_from_runs(run_json_paths: Sequence[str | os.PathLike],
     One entry per (dataset, perturbation) with ``perturbation`` in ``perturbations``; its volume
     folder is ``volume_dirs[(dataset, perturbation)]``, or ``volume_dirs[dataset]`` for the
     unperturbed volume ('none').  Runs whose volume folder is not given are skipped.  A failed
-    run contributes ``None`` (shown as a labelled blank panel).
+    run contributes ``None`` (shown as a labelled blank row).
     """
     entries: dict[tuple[str, str], dict[str, Any]] = {}
     for p in run_json_paths:
@@ -238,311 +389,519 @@ def montages_from_runs(run_json_paths: Sequence[str | os.PathLike],
     return [entries[k] for k in sorted(entries)]
 
 
-# --------------------------------------------------------------------------- sections
-def _method_cell(name: str, colours: Mapping[str, str]) -> dict[str, str]:
-    return _cell(name, cls="method", swatch=colours.get(name, method_colour(name)))
-
-
-def _overview(df, run_table, colours, captions, source) -> dict[str, Any]:
+# --------------------------------------------------------------------------- overview
+def _overview(b: _Builder, headline: Sequence[str]) -> dict[str, Any]:
+    df, run_table = b.df, b.run_table
     n_ok = int((run_table["run_status"] == "ok").sum())
     refs = sorted({r for r in df["reference"] if r})
+    axes, _ = stats.robustness_axes(set(df["perturbation"]))
+    n_ids = len(set(df["perturbation"]))
+    axes_text = "; ".join(f"{a.replace('+', ' + ')}: {', '.join(lb for _, lb, _ in levels)}"
+                          for a, levels in axes.items())
+    methods = sorted(set(df["method"]))
     facts = [
         ("datasets", ", ".join(sorted(set(df["dataset"]))) or "none"),
-        ("perturbations", ", ".join(sorted(set(df["perturbation"]))) or "none"),
-        ("methods", ", ".join(sorted(set(df["method"]))) or "none"),
         ("references", ", ".join(refs) or "none"),
-        ("metrics", ", ".join(_metric_order(df)) or "none"),
+        ("perturbations", f"{n_ids} id{'s' if n_ids != 1 else ''} (none" + (f"; {axes_text})" if axes_text else ")")),
+        ("methods", ", ".join(figures.style_of(b.styles, m).label for m in methods) or "none"),
+        ("metrics", ", ".join(b.metric_order) or "none"),
         ("runs", f"{len(run_table)} ({n_ok} succeeded, {len(run_table) - n_ok} failed)"),
         ("metric values", f"{int((df['status'] == 'ok').sum())} computed, "
                           f"{int((df['status'] == 'not_applicable').sum())} not applicable, "
                           f"{int((df['status'] == 'run_failed').sum())} missing because the run failed"),
     ]
-    groups = sorted({(d, p) for d, p in zip(run_table["dataset"], run_table["perturbation"], strict=True)})
+    datasets = sorted(set(run_table["dataset"]))
     rows = []
     for m in sorted(set(run_table["method"])):
-        row = [_method_cell(m, colours)]
-        for d, p in groups:
-            sel = run_table[(run_table["method"] == m) & (run_table["dataset"] == d)
-                            & (run_table["perturbation"] == p)]
+        row = [b.method_cell(m)]
+        for d in datasets:
+            sel = run_table[(run_table["method"] == m) & (run_table["dataset"] == d)]
             if sel.empty:
                 row.append(_cell("—", title="not run"))
                 continue
             ok = int((sel["run_status"] == "ok").sum())
-            text = "ok" if ok == len(sel) else "failed" if ok == 0 else f"{ok}/{len(sel)} ok"
             errors = "; ".join(sorted({e for e in sel["error"] if e}))
-            row.append(_cell(text, title=errors, cls="ok" if ok == len(sel) else "failed"))
+            cls = "ok" if ok == len(sel) else "failed"
+            row.append(_cell(f"{ok}/{len(sel)} ok", title=errors, cls=cls))
         rows.append(row)
-    status = _table("run_status", ["method", *[f"{d} / {p}" for d, p in groups]], rows, captions,
-                    f"qsmbench.report from {source}: run_status per (dataset, perturbation, method, seed)")
-    return {"caption": captions("overview"), "facts": facts, "status": status}
-
-
-def _metric_order(df: pd.DataFrame) -> list[str]:
-    registered = [r["metric"] for r in metrics.metric_table()]
-    present = set(df["metric"])
-    return [m for m in registered if m in present] + sorted(present - set(registered))
-
-
-def _metric_tables(df, run_table, colours, captions, source) -> list[dict[str, Any]]:
-    """One methods × metrics table per (dataset, reference, perturbation).
-
-    Values are means over seeds of the 'ok' rows.  Methods whose runs failed keep their row.  A
-    metric that is not applicable for every method loses its column and is listed, with its
-    reason, in a note under the table instead.
-    """
-    order = _metric_order(df)
-    scored = df[df["reference"] != ""]
-    tables = []
-    for (dataset, reference, perturbation), group in scored.groupby(
-            ["dataset", "reference", "perturbation"], sort=True):
-        runs_here = run_table[(run_table["dataset"] == dataset) & (run_table["perturbation"] == perturbation)]
-        methods_here = sorted(set(group["method"]) | set(runs_here["method"]))
-        metric_names = [m for m in order if m in set(group["metric"])]
-        cells: dict[tuple[str, str], dict] = {}
-        means: dict[tuple[str, str], float] = {}
-        for method in methods_here:
-            mruns = runs_here[runs_here["method"] == method]
-            for metric in metric_names:
-                rows = group[(group["method"] == method) & (group["metric"] == metric)]
-                cells[method, metric], mean = _metric_cell(rows, mruns)
-                if mean is not None:
-                    means[method, metric] = mean
-        shown = [k for k in metric_names if any((m, k) in means for m in methods_here)] or metric_names
-        hidden = [k for k in metric_names if k not in shown]
-        first = {k: group[group["metric"] == k].iloc[0] for k in metric_names}
-        for metric in shown:
-            vals = {m: v for (m, k), v in means.items() if k == metric}
-            if len(vals) < 2:
-                continue
-            best = (min if first[metric]["better"] == "lower" else max)(vals.values())
-            for m, v in vals.items():
-                if math.isclose(v, best, rel_tol=1e-12, abs_tol=1e-15):
-                    cells[m, metric]["cls"] += " best"
-        columns = [{"text": "method", "title": ""}] + [
-            {"text": _label(k, first[k]["unit"]), "title": f"{first[k]['better']} is better"} for k in shown]
-        rows_out = [[_method_cell(m, colours)] + [cells[m, k] for k in shown] for m in methods_here]
-        table = _table(
-            "metrics", columns, rows_out, captions,
-            f"qsmbench.report from {source}: rows with dataset={dataset}, reference={reference}, "
-            f"perturbation={perturbation}; mean over seeds of the 'ok' values",
-            title=f"{dataset} · reference {reference} · perturbation {perturbation}")
-        table["notes"] = [
-            f"{k}: not applicable on these data — "
-            + "; ".join(sorted({r for r in group.loc[group["metric"] == k, "reason"] if r}))
-            for k in hidden]
-        tables.append(table)
-    return tables
-
-
-def _metric_cell(rows: pd.DataFrame, runs_of_method: pd.DataFrame) -> tuple[dict[str, str], float | None]:
-    """The cell of one method and metric (rows: its rows of the table) and its mean value."""
-    n_failed = int((runs_of_method["run_status"] == "failed").sum())
-    errors = "; ".join(sorted({e for e in runs_of_method["error"] if e}))
-    ok = rows.loc[rows["status"] == "ok", "value"].to_numpy(dtype=float)
-    if ok.size:
-        mean = float(ok.mean())
-        text, notes = format_number(mean), []
-        if ok.size > 1:
-            text += " ± " + _format_like(ok.std(ddof=1), text)
-            notes.append(f"mean ± sd over {ok.size} seeds")
-        na = rows[rows["status"] == "not_applicable"]
-        if len(na):
-            notes.append(f"not applicable for {len(na)} seeds: " + "; ".join(sorted(set(na["reason"]))))
-        if n_failed:
-            notes.append(f"{n_failed} of {len(runs_of_method)} runs failed: {errors}")
-        return _cell(text, title="\n".join(notes), cls="num"), mean
-    if len(rows):
-        reasons = "; ".join(sorted({r for r in rows["reason"] if r})) or "not applicable"
-        return _cell("n/a", title=reasons, cls="na"), None
-    if n_failed:
-        return _cell("failed", title=errors, cls="failed"), None
-    return _cell("—", title="not computed", cls="na"), None
-
-
-def _format_like(value: float, reference_text: str) -> str:
-    """``value`` with as many decimals as ``reference_text`` (a spread next to its mean)."""
-    if "e" in reference_text or not math.isfinite(value):
-        return format_number(value)
-    decimals = len(reference_text.split(".")[1]) if "." in reference_text else 0
-    text = f"{value:.{decimals}f}"
-    return text if float(text) != 0 or value == 0 else format_number(value, digits=2)
-
-
-def _robustness(df, colours, captions, source, metric_names=("nrmse", "xsim")) -> dict[str, Any]:
-    """One degradation plot (and its table) per (dataset, reference, perturbation axis).
-
-    The x axis holds ``none`` then the axis's levels (a level is a perturbation id without its
-    noise seed, :func:`qsmbench.perturb.level_id`), from least to most degraded; each method's
-    line is the mean over seeds (noise seeds and method seeds) of its 'ok' values, the band the
-    min–max.  Perturbation ids that :mod:`qsmbench.perturb` cannot parse are listed in a note.
-    """
-    from . import perturb
-
-    notes, axis_of = [], {}
-    for p in sorted(set(df["perturbation"]) - {"none"}):
-        try:
-            axis_of[p] = perturb.axis_name(p)
-        except ValueError as exc:
-            notes.append(f"perturbation {p!r} is not shown: {exc}")
-    present = set(df["metric"])
-    metric_list = [m for m in metric_names if m in present]
-    items = []
-    scored = df[(df["reference"] != "") & df["metric"].isin(metric_list)]
-    for (dataset, reference), group in scored.groupby(["dataset", "reference"], sort=True):
-        axes = sorted({axis_of[p] for p in set(group["perturbation"]) if p in axis_of},
-                      key=lambda a: (a.count("+"), [perturb.KINDS.index(k) for k in a.split("+")]))
-        for axis in axes:
-            levels: dict[str, list[str]] = {}
-            for p in sorted(p for p in set(group["perturbation"]) if axis_of.get(p) == axis):
-                levels.setdefault(perturb.level_id(p), []).append(p)
-            order = sorted(levels, key=lambda lv: perturb.severity(levels[lv][0]))
-            points = [("none", ["none"])] + [(perturb.level_label(levels[lv][0]), levels[lv]) for lv in order]
-            # the metrics scored somewhere on this axis (all of them when every run failed)
-            on_axis = group[group["perturbation"].isin([p for ids in levels.values() for p in ids])
-                            & (group["status"] == "ok")]
-            shown = [m for m in metric_list if m in set(on_axis["metric"])] or metric_list
-            items.append(_degradation(dataset, reference, axis, points, group, shown, colours, captions, source))
-    return {"caption": captions("robustness"), "items": items, "notes": notes}
-
-
-def _degradation(dataset, reference, axis, points, group, metric_list, colours, captions, source) -> dict[str, Any]:
-    """The plot and table of one axis: ``points`` is [(label, [perturbation ids])], 'none' first."""
-    methods = sorted(set(group["method"]))
-    first = {m: group[group["metric"] == m].iloc[0] for m in metric_list}
-    stats: dict[tuple[str, str], list[tuple[float, float, float, float, int]]] = {}
-    for metric in metric_list:
-        for method in methods:
-            rows = group[(group["metric"] == metric) & (group["method"] == method) & (group["status"] == "ok")]
-            series = []
-            for _, ids in points:
-                v = rows.loc[rows["perturbation"].isin(ids), "value"].to_numpy(dtype=float)
-                v = v[np.isfinite(v)]
-                series.append((float(v.mean()), float(v.min()), float(v.max()),
-                               float(v.std(ddof=1)) if v.size > 1 else math.nan, int(v.size)) if v.size
-                              else (math.nan, math.nan, math.nan, math.nan, 0))
-            stats[metric, method] = series
-    title = f"{dataset} · reference {reference} · {axis.replace('+', ' + ')}"
-    png = _degradation_png(title, axis, [label for label, _ in points], methods, metric_list, first, stats, colours)
-    columns = ["method", "metric"] + [label for label, _ in points]
-    rows_out = []
-    for method in methods:
-        for metric in metric_list:
-            cells = [_method_cell(method, colours), _cell(_label(metric, first[metric]["unit"]))]
-            for mean, _lo, _hi, sd, n in stats[metric, method]:
-                if n == 0:
-                    cells.append(_cell("—", title="no successful run at this level", cls="na"))
+    status = b.table("run_status", ["method", *datasets], rows,
+                     f"qsmbench.report from {b.source}: run_status of every (dataset, perturbation, method, seed)",
+                     title="Run status", collapsed=False, anchor="run-status")
+    details = []
+    for d in datasets:
+        sel = run_table[run_table["dataset"] == d]
+        ms = sorted(set(sel["method"]))
+        perts = sorted(set(sel["perturbation"]), key=lambda p: _level_sort_key(p))
+        grid = {k: g for k, g in sel.groupby(["perturbation", "method"])}
+        drows = []
+        for p in perts:
+            row = [_cell(p, cls="key")]
+            for m in ms:
+                g = grid.get((p, m))
+                if g is None:
+                    row.append(_cell("—", title="not run"))
                     continue
-                text = format_number(mean)
-                if n > 1:
-                    text += " ± " + _format_like(sd, text)
-                cells.append(_cell(text, title=f"{n} value{'s' if n > 1 else ''}", cls="num"))
-            rows_out.append(cells)
-    ids = ", ".join(i for _, group_ids in points[1:] for i in group_ids)
-    table = _table("robustness_table", columns, rows_out, captions,
-                   f"qsmbench.report from {source}: rows with dataset={dataset}, reference={reference}, "
-                   f"status ok, perturbation none or {ids}", title="")
-    figure = {"title": title, "caption": captions("robustness_plot"), "png": png,
-              "alt": f"degradation plot of {', '.join(metric_list)} against {axis} level for {', '.join(methods)}",
-              "source": f"qsmbench.report (matplotlib) from {source}"}
-    return {"figure": figure, "table": table}
+                ok = int((g["run_status"] == "ok").sum())
+                text = "ok" if ok == len(g) else "failed" if ok == 0 else f"{ok}/{len(g)} ok"
+                row.append(_cell(text, title="; ".join(sorted({e for e in g["error"] if e})),
+                                 cls="ok" if ok == len(g) else "failed"))
+            drows.append(row)
+        heads = ["perturbation", *[figures.style_of(b.styles, m).label for m in ms]]
+        details.append(b.table("run_status_detail", heads, drows,
+                               f"qsmbench.report from {b.source}: run_status per (perturbation, method)",
+                               title=f"{d}: run status per perturbation", collapsed=True,
+                               anchor=_anchor("run-status", d),
+                               summary=f"{d}: {len(perts)} perturbation{'s' if len(perts) != 1 else ''} × "
+                                       f"{len(ms)} method{'s' if len(ms) != 1 else ''}"))
+    # the best method per headline metric on the unperturbed data
+    base = b.summary[(b.summary["level"] == "none") & (b.summary["reference"] != "") & (b.summary["n"] > 0)]
+    hrows = []
+    for (d, r), g in base.groupby(["dataset", "reference"], sort=True):
+        row = [_cell(f"{d} · {r}", cls="key")]
+        for metric in headline:
+            gm = g[g["metric"] == metric]
+            if gm.empty:
+                row.append(_cell("n/a", cls="na", title="not computed on these data"))
+                continue
+            lower = b.meta[metric][1] == "lower"
+            best = gm.loc[gm["mean"].idxmin() if lower else gm["mean"].idxmax()]
+            st = figures.style_of(b.styles, best["method"])
+            row.append(_cell(f"{st.label} ({format_number(best['mean'])})", swatch=st.colour,
+                             title=f"best mean {metric} over {len(gm)} methods"))
+        hrows.append(row)
+    best = b.table("headline", ["dataset · reference", *[{"text": _label(m, b.meta[m][0]),
+                                                         "title": f"{b.meta[m][1]} is better"} for m in headline]],
+                   hrows, f"qsmbench.report from {b.source}: perturbation none, mean over seeds",
+                   title="Best method per headline metric (unperturbed data)", collapsed=False, anchor="headline")
+    statistics = b.captions("statistics")
+    return {"caption": b.captions("overview"), "facts": facts, "status": status, "details": details,
+            "best": best, "statistics": statistics}
 
 
-_AXIS_LABELS = {"noise": "peak SNR", "resolution": "voxel size", "orientation": "B0 tilt"}
+# --------------------------------------------------------------------------- results per dataset
+def _results(b: _Builder, headline: Sequence[str]) -> list[dict[str, Any]]:
+    df = b.df
+    out = []
+    ranks = stats.rank_methods(df)
+    comparisons = stats.compare_methods(df, metrics=headline, correction=b.correction, alpha=b.alpha) \
+        if headline else pd.DataFrame(columns=list(stats.COMPARISON_COLUMNS))
+    for dataset in sorted(set(df["dataset"])):
+        refs = sorted({r for r in df.loc[df["dataset"] == dataset, "reference"] if r})
+        blocks = []
+        for reference in refs:
+            s = b.summary[(b.summary["dataset"] == dataset) & (b.summary["reference"] == reference)]
+            block = {"title": f"{dataset} · reference {reference}", "anchor": _anchor("results", dataset, reference),
+                     "metrics": _metric_table(b, dataset, reference, s), "ranking": None, "ranking_table": None,
+                     "comparisons": None, "levels": None}
+            r = ranks[(ranks["dataset"] == dataset) & (ranks["reference"] == reference)]
+            if len(r) and r["method"].nunique() > 1:
+                block["ranking"], block["ranking_table"] = _ranking(b, dataset, reference, r)
+            c = comparisons[(comparisons["dataset"] == dataset) & (comparisons["reference"] == reference)]
+            if len(c):
+                block["comparisons"] = _comparisons(b, dataset, reference, c)
+            if s["level"].nunique() > 1:
+                block["levels"] = _levels_table(b, dataset, reference, s)
+            blocks.append(block)
+        runs_here = b.run_table[b.run_table["dataset"] == dataset]
+        out.append({"dataset": dataset, "anchor": _anchor("dataset", dataset), "blocks": blocks,
+                    "note": "" if refs else (
+                        "Nothing was scored on this dataset: "
+                        + ("every run failed." if (runs_here["run_status"] == "failed").all()
+                           else "it has no reference χ."))})
+    return out
 
 
-def _degradation_png(title, axis, labels, methods, metric_list, first, stats, colours) -> str:
-    plt = _pyplot()
-    n = max(1, len(metric_list))
-    fig, axes = plt.subplots(1, n, figsize=(4.3 * n + 0.4, 3.4), layout="constrained", squeeze=False)
-    fig.suptitle(title, fontsize=11)
-    x = np.arange(len(labels))
-    for ax, metric in zip(axes[0], metric_list, strict=False):
-        for method in methods:
-            series = np.array([s[:3] for s in stats[metric, method]], dtype=float)
-            colour = colours.get(method, method_colour(method))
-            ax.plot(x, series[:, 0], marker="o", ms=4, color=colour, label=method)
-            if np.any(series[:, 2] > series[:, 1]):
-                ax.fill_between(x, series[:, 1], series[:, 2], color=colour, alpha=0.2, linewidth=0)
-        ax.set_xticks(x, labels, rotation=30 if len(labels) > 4 or axis not in _AXIS_LABELS else 0,
-                      ha="right" if len(labels) > 4 or axis not in _AXIS_LABELS else "center", fontsize=8)
-        ax.set_xlabel(_AXIS_LABELS.get(axis, "level") + " (least to most perturbed)", fontsize=9)
-        ax.set_ylabel(f"{_label(metric, first[metric]['unit'])}, {first[metric]['better']} is better", fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.spines[["top", "right"]].set_visible(False)
-    axes[0][-1].legend(fontsize=8, frameon=False, loc="best")
-    return _png(fig)
+def _metric_table(b: _Builder, dataset: str, reference: str, s: pd.DataFrame) -> dict[str, Any]:
+    """Methods × metrics on the unperturbed volume (or the least perturbed level when 'none' is absent)."""
+    levels = sorted(set(s["level"]), key=_level_sort_key)
+    level = "none" if "none" in levels else levels[0]
+    here = s[s["level"] == level]
+    df = b.df
+    rows_df = df[(df["dataset"] == dataset) & (df["reference"] == reference)]
+    rows_df = rows_df[stats.with_levels(rows_df)["level"] == level] if len(rows_df) else rows_df
+    runs_here = b.run_table[(b.run_table["dataset"] == dataset) & (b.run_table["level"] == level)]
+    methods = sorted(set(here["method"]) | set(runs_here["method"]))
+    metric_names = [m for m in b.metric_order if m in set(here["metric"])]
+    by = {(r.method, r.metric): r for r in here.itertuples(index=False)}
+    cells, means = {}, {}
+    for method in methods:
+        mruns = runs_here[runs_here["method"] == method]
+        n_failed = int((mruns["run_status"] == "failed").sum())
+        errors = "; ".join(sorted({e for e in mruns["error"] if e}))
+        for metric in metric_names:
+            r = by.get((method, metric))
+            if r is not None and r.n > 0:
+                cell, mean = b.value_cell(r._asdict())
+                if n_failed:
+                    cell["title"] += f"\n{n_failed} of {len(mruns)} runs failed: {errors}"
+                cells[method, metric], means[method, metric] = cell, mean
+            elif r is not None:
+                sel = rows_df[(rows_df["method"] == method) & (rows_df["metric"] == metric)]
+                reasons = "; ".join(sorted({x for x in sel["reason"] if x})) or "not applicable"
+                cells[method, metric] = _cell("n/a", title=reasons, cls="na")
+            elif n_failed:
+                cells[method, metric] = _cell("failed", title=errors, cls="failed")
+            else:
+                cells[method, metric] = _cell("—", title="not computed", cls="na")
+    shown = [k for k in metric_names if any((m, k) in means for m in methods)] or metric_names
+    hidden = [k for k in metric_names if k not in shown]
+    for metric in shown:
+        vals = {m: v for (m, k), v in means.items() if k == metric}
+        if len(vals) < 2:
+            continue
+        best = (min if b.meta[metric][1] == "lower" else max)(vals.values())
+        for m, v in vals.items():
+            if math.isclose(v, best, rel_tol=1e-12, abs_tol=1e-15):
+                cells[m, metric]["cls"] += " best"
+    columns = [{"text": "method", "title": ""}] + [
+        {"text": _label(k, b.meta[k][0]), "title": f"{b.meta[k][1]} is better"} for k in shown]
+    rows_out = [[b.method_cell(m)] + [cells[m, k] for k in shown] for m in methods]
+    table = b.table("metrics", columns, rows_out,
+                    f"qsmbench.report from {b.source}: rows with dataset={dataset}, reference={reference}, "
+                    f"perturbation level {level}; mean over seeds of the 'ok' values (qsmbench.stats.summarise)",
+                    title=f"{dataset} · reference {reference} · perturbation {b.level_label(level)}", collapsed=False)
+    table["notes"] = [
+        f"{k}: not applicable on these data — "
+        + "; ".join(sorted({r for r in rows_df.loc[rows_df["metric"] == k, "reason"] if r}))
+        for k in hidden]
+    return table
 
 
-def _runtime(run_table, colours, captions, source) -> dict[str, Any]:
-    columns = ["dataset", "perturbation", "method", "seed", "status", "device", "wall (s)", "CPU (s)",
-               "prepare (s)", "peak RAM (MB)", "peak GPU (MB)"]
+def _ranking(b: _Builder, dataset: str, reference: str, r: pd.DataFrame):
+    order = [m for m in b.metric_order if m in set(r["metric"])]
+    n_vol = int(r["n_volumes"].max())
+    fig = figures.ranking_figure(r, order, b.styles)
+    figure = b.figure("ranking", fig, "ranking", f"ranking-{dataset}-{reference}",
+                      f"{dataset} · reference {reference} · mean rank over {n_vol} volume{'s' if n_vol != 1 else ''}",
+                      f"heat map of the mean rank of each method per metric on {dataset}",
+                      f"qsmbench.stats.rank_methods and qsmbench.figures.ranking_figure from {b.source}")
+    wide = r.pivot(index="method", columns="metric", values="mean_rank").reindex(columns=order)
+    wide = wide.loc[wide.mean(axis=1).sort_values(kind="stable").index]
+    info = r.set_index(["method", "metric"])
+    rows = []
+    for m in wide.index:
+        row = [b.method_cell(m)]
+        for k in order:
+            v = wide.loc[m, k]
+            if not np.isfinite(v):
+                row.append(_cell("—", cls="na", title="not ranked"))
+                continue
+            i = info.loc[(m, k)]
+            best = v == wide[k].min()
+            row.append(_cell(f"{v:.2f}", cls="num best" if best else "num",
+                             title=f"{int(i['wins'])} win(s) over {int(i['n_volumes'])} volume(s); "
+                                   f"{int(i['n_failed'])} failed run(s) ranked last"))
+        rows.append(row)
+    table = b.table("ranking_table", ["method", *order], rows,
+                    f"qsmbench.stats.rank_methods from {b.source}: dataset={dataset}, reference={reference}",
+                    title="", collapsed=True, summary="mean ranks as a table",
+                    anchor=_anchor("ranking", dataset, reference))
+    return figure, table
+
+
+def _comparisons(b: _Builder, dataset: str, reference: str, c: pd.DataFrame) -> dict[str, Any]:
+    rows = []
+    for r in c.itertuples(index=False):
+        a, bb = figures.style_of(b.styles, r.method_a), figures.style_of(b.styles, r.method_b)
+        if r.significant:
+            verdict = _cell(f"{figures.style_of(b.styles, r.winner).label} better",
+                            swatch=figures.style_of(b.styles, r.winner).colour, cls="sig")
+        elif r.n == 0:
+            verdict = _cell("not compared", title=r.note, cls="na")
+        else:
+            verdict = _cell("no significant difference", title=r.note, cls="nodiff")
+        rows.append([
+            _cell(_label(r.metric, b.meta[r.metric][0]), title=f"{r.better} is better"),
+            _cell(a.label, swatch=a.colour, cls="method"), _cell(bb.label, swatch=bb.colour, cls="method"),
+            _cell(r.n, cls="num", title=f"{r.n_untied} untied"),
+            _num_cell(r.median_diff, missing="no pair"),
+            _cell(f"{r.a_better} / {r.b_better}", cls="num"),
+            _num_cell(r.p_value, missing="no pair"), _num_cell(r.p_adjusted, missing="no pair"),
+            verdict,
+        ])
+    columns = ["metric", "method A", "method B", "volumes", "median A − B", "wins A / B", "p",
+               f"p ({b.correction})", f"at α = {b.alpha:g}"]
+    notes = []
+    for metric, g in c.groupby("metric", sort=False):
+        n_max, m = int(g["n_untied"].max()), int(g["p_value"].notna().sum())
+        if m == 0 or n_max == 0:
+            continue
+        best_p = 2.0 / 2.0 ** n_max  # all pairs agree in sign: the exact two-sided minimum
+        if best_p * (m if b.correction == "holm" else 1) >= b.alpha:
+            notes.append(f"{metric}: with at most {n_max} untied volume{'s' if n_max != 1 else ''} the smallest "
+                         f"possible p-value is {format_number(best_p)}, and {b.correction} over {m} pairs needs "
+                         f"less than {format_number(b.alpha / m if b.correction == 'holm' else b.alpha)}: no "
+                         "difference can be significant; more volumes (e.g. more noise seeds or perturbation "
+                         "levels) are needed")
+    table = b.table("comparisons", columns, rows,
+                   f"qsmbench.stats.compare_methods (scipy.stats.wilcoxon, {b.correction} correction per metric) "
+                   f"from {b.source}: dataset={dataset}, reference={reference}, every perturbed volume",
+                   title="", summary=f"paired comparisons of {', '.join(sorted(set(c['metric'])))}: {len(rows)} "
+                                     f"pairs, {int(c['significant'].sum())} significant at α = {b.alpha:g} "
+                                     f"({b.correction})",
+                   anchor=_anchor("comparisons", dataset, reference))
+    table["notes"] = notes
+    return table
+
+
+def _levels_table(b: _Builder, dataset: str, reference: str, s: pd.DataFrame) -> dict[str, Any]:
+    """Every perturbation level × method (rows) and metric (columns); collapsed."""
+    metric_names = [m for m in b.metric_order if m in set(s.loc[s["n"] > 0, "metric"])]
+    levels = sorted(set(s["level"]), key=_level_sort_key)
+    by = {(r.level, r.method, r.metric): r._asdict() for r in s.itertuples(index=False)}
+    methods = sorted(set(s["method"]))
+    rows = []
+    for level in levels:
+        for m in methods:
+            if not any((level, m, k) in by for k in metric_names):
+                continue
+            row = [_cell(b.level_label(level), cls="key", title=level), b.method_cell(m)]
+            for k in metric_names:
+                r = by.get((level, m, k))
+                row.append(b.value_cell(r)[0] if r is not None else _cell("—", cls="na", title="not run"))
+            rows.append(row)
+    columns = ["level", "method"] + [{"text": _label(k, b.meta[k][0]), "title": f"{b.meta[k][1]} is better"}
+                                     for k in metric_names]
+    return b.table("levels_table", columns, rows,
+                   f"qsmbench.stats.summarise from {b.source}: dataset={dataset}, reference={reference}",
+                   title="", collapsed=True,
+                   summary=f"every perturbation level: {len(levels)} levels × {len(methods)} methods",
+                   anchor=_anchor("levels", dataset, reference))
+
+
+# --------------------------------------------------------------------------- robustness
+def _robustness(b: _Builder, metric_names: Sequence[str]) -> dict[str, Any]:
+    """One degradation plot (and its collapsed table) per (dataset, reference, perturbation axis).
+
+    The x axis holds ``none`` then the axis's levels from least to most perturbed; each line is
+    the mean over seeds (noise seeds and repetitions) with its t-interval band.
+    """
+    df = b.df
+    axes, notes = stats.robustness_axes(set(df["perturbation"]))
+    metric_list = [m for m in metric_names if m in set(df["metric"])]
+    items = []
+    scored = b.summary[(b.summary["reference"] != "") & b.summary["metric"].isin(metric_list)]
+    for (dataset, reference), s in scored.groupby(["dataset", "reference"], sort=True):
+        for axis, levels in axes.items():
+            present = [(lv, lb, ids) for lv, lb, ids in levels if lv in set(s["level"])]
+            if not present:
+                continue
+            names = ["none", *[lv for lv, _, _ in present]]
+            labels = ["none", *[lb for _, lb, _ in present]]
+            on_axis = s[s["level"].isin(names[1:]) & (s["n"] > 0)]
+            shown = [m for m in metric_list if m in set(on_axis["metric"])] or metric_list
+            methods = sorted(set(s["method"]))
+            series = figures.degradation_series(s, names, methods, shown)
+            title = f"{dataset} · reference {reference} · {axis.replace('+', ' + ')}"
+            fig = figures.degradation_figure(title, axis, labels, methods, shown, series,
+                                             {m: b.meta[m] for m in shown}, b.styles, b.confidence)
+            figure = b.figure("robustness_plot", fig, "robustness", f"{dataset}-{reference}-{axis.replace('+', '_')}",
+                              title, f"degradation plot of {', '.join(shown)} against {axis} level for "
+                                     f"{', '.join(figures.style_of(b.styles, m).label for m in methods)}",
+                              f"qsmbench.figures.degradation_figure (matplotlib) from {b.source}")
+            rows = []
+            for method in methods:
+                for metric in shown:
+                    cells = [b.method_cell(method), _cell(_label(metric, b.meta[metric][0]))]
+                    for mean, lo, hi, n in series[metric, method]:
+                        if n == 0:
+                            cells.append(_cell("—", title="no successful run at this level", cls="na"))
+                            continue
+                        row = {"mean": mean, "ci_lo": lo, "ci_hi": hi, "n": n, "ci_half": (hi - lo) / 2,
+                               "sd": math.nan}
+                        cell, _ = b.value_cell(row)
+                        if n > 1:
+                            cell["title"] = f"mean of {n} seeds ± half width of the {b.pct} t-interval"
+                        cells.append(cell)
+                    rows.append(cells)
+            ids = ", ".join(i for _, _, group_ids in present for i in group_ids)
+            table = b.table("robustness_table", ["method", "metric", *labels], rows,
+                            f"qsmbench.stats.summarise from {b.source}: rows with dataset={dataset}, "
+                            f"reference={reference}, status ok, perturbation none or {ids}",
+                            collapsed=True, summary="the values as a table",
+                            anchor=_anchor("robustness", dataset, reference, axis))
+            items.append({"figure": figure, "table": table})
+    return {"caption": b.captions("robustness"), "items": items, "notes": notes}
+
+
+# --------------------------------------------------------------------------- montages
+def _montage(b: _Builder, entry: Mapping[str, Any]) -> dict[str, Any]:
+    m = figures.load_montage(entry)
+    fig = figures.montage_figure(m["vol"], m["reference"], m["ref_name"], m["recons"], b.styles,
+                                 f"{m['dataset']} / {m['perturbation']}")
+    title = f"{m['dataset']} · perturbation {m['perturbation']}" + (
+        f" · reference {m['ref_name']}" if m["ref_name"] else "")
+    names = ", ".join(figures.style_of(b.styles, k).label for k in m["recons"]) or "no method"
+    return b.figure("montage", fig, "montage", f"{m['dataset']}-{m['perturbation']}", title,
+                    f"slice montage of {m['dataset']} ({m['perturbation']}) for {names}",
+                    f"qsmbench.figures.montage_figure (matplotlib) from {m['volume_dir'].name}/ and the methods' "
+                    "χ maps; values outside the brain mask are hidden")
+
+
+# --------------------------------------------------------------------------- cost
+def _cost(b: _Builder) -> dict[str, Any]:
+    run_table = b.run_table
+    ok = run_table[run_table["run_status"] == "ok"]
+    figure = None
+    if len(ok):
+        devices = sorted({d for d in ok["device"] if d})
+        fig = figures.cost_figure(ok, b.styles, "device: " + "; ".join(devices) if len(devices) == 1 else "")
+        figure = b.figure("runtime_chart", fig, "cost", "runtime", "",
+                          "bar chart of run time and peak memory per method, device named under each",
+                          f"qsmbench.figures.cost_figure (matplotlib) from {b.source}: successful runs only")
+    srows = []
+    for m, g in run_table.groupby("method", sort=True):
+        good = g[g["run_status"] == "ok"]
+        srows.append([
+            b.method_cell(m), _cell(f"{len(good)}/{len(g)}", cls="num"),
+            _cell("; ".join(sorted({d for d in g["device"] if d})) or "not recorded", cls="device"),
+            _num_cell(good["wall_s"].median() if len(good) else math.nan, missing="no successful run"),
+            _num_cell(good["wall_s"].max() if len(good) else math.nan, missing="no successful run"),
+            _num_cell(good["cpu_s"].median() if len(good) else math.nan, missing="no successful run"),
+            _num_cell(good["prepare_s"].max() if len(good) else math.nan, missing="no successful run"),
+            _num_cell(good["peak_rss_mb"].max() if len(good) else math.nan, missing="no successful run"),
+            _num_cell(good["peak_gpu_mb"].max() if len(good) and good["peak_gpu_mb"].notna().any() else math.nan,
+                      missing="no GPU memory recorded"),
+        ])
+    summary = b.table("cost_summary", ["method", "ok runs", "device", "median wall (s)", "max wall (s)",
+                                       "median CPU (s)", "max prepare (s)", "max peak RAM (MB)",
+                                       "max peak GPU (MB)"], srows,
+                      f"qsmbench.report from {b.source}: successful runs per method; times and memory measured by "
+                      "qsmbench.runner (reconstruction timed, preparation untimed)", collapsed=False)
     rows = []
     for r in run_table.itertuples(index=False):
         rows.append([
-            _cell(r.dataset), _cell(r.perturbation), _method_cell(r.method, colours), _cell(r.seed),
+            _cell(r.dataset), _cell(r.perturbation), b.method_cell(r.method), _cell(r.seed),
             _cell(r.run_status, title=r.error, cls="ok" if r.run_status == "ok" else "failed"),
             _cell(r.device or "n/a"),
             *[_num_cell(getattr(r, c)) for c in ("wall_s", "cpu_s", "prepare_s", "peak_rss_mb")],
             _num_cell(r.peak_gpu_mb, missing="no GPU memory recorded"),
         ])
-    table = _table("runtime_table", columns, rows, captions,
-                   f"qsmbench.report from {source}: one row per run; times and memory measured by "
-                   "qsmbench.runner (reconstruction timed, preparation untimed)")
-    figure = None
-    ok = run_table[run_table["run_status"] == "ok"]
-    if len(ok):
-        figure = {"title": "", "caption": captions("runtime_chart"), "png": _runtime_chart(ok, colours),
-                  "alt": "bar chart of run time and peak memory per method",
-                  "source": f"qsmbench.report (matplotlib) from {source}: successful runs only"}
-    return {"table": table, "figure": figure}
+    table = b.table("runtime_table", ["dataset", "perturbation", "method", "seed", "status", "device", "wall (s)",
+                                      "CPU (s)", "prepare (s)", "peak RAM (MB)", "peak GPU (MB)"], rows,
+                    f"qsmbench.report from {b.source}: one row per run", summary=f"every run: {len(rows)} rows")
+    return {"figure": figure, "summary": summary, "table": table}
 
 
-def _num_cell(value: Any, missing: str = "not recorded") -> dict[str, str]:
-    text = format_number(value)
-    return _cell(text, title=missing if text == "n/a" else "", cls="num" if text != "n/a" else "na")
+# --------------------------------------------------------------------------- parameters, failures
+def _parameters(b: _Builder) -> dict[str, Any]:
+    rows = []
+    run_table = b.run_table
+    for m, g in run_table.groupby("method", sort=True):
+        sets = sorted(set(g["parameters"]))
+        for params in sets:
+            try:
+                value = json.loads(params) if params else {}
+            except json.JSONDecodeError:
+                value = params
+            text = ", ".join(f"{k}={json.dumps(v)}" for k, v in value.items()) if isinstance(value, dict) \
+                else str(value)
+            n = int((g["parameters"] == params).sum())
+            rows.append([b.method_cell(m), _cell(m, cls="key"),
+                         _cell(", ".join(sorted({x for x in g["method_name"] if x})) or "—"),
+                         _cell(", ".join(sorted({x for x in g["profile"] if x})) or "—"),
+                         _cell(text or "(defaults: none)", cls="params"),
+                         _cell(f"{n}" + (f" of {len(g)}" if len(sets) > 1 else ""), cls="num")])
+    return b.table("parameters", ["method", "run id", "method class", "profile", "parameters", "runs"], rows,
+                   f"qsmbench.report from {b.source}: the parameters column (from each run.json)", collapsed=False)
 
 
-def _failures(run_table, colours, captions, source) -> dict[str, Any]:
-    failed = run_table[run_table["run_status"] == "failed"]
-    rows = [[_method_cell(r.method, colours), _cell(r.dataset), _cell(r.perturbation), _cell(r.seed),
+def _failures(b: _Builder) -> dict[str, Any]:
+    failed = b.run_table[b.run_table["run_status"] == "failed"]
+    rows = [[b.method_cell(r.method), _cell(r.dataset), _cell(r.perturbation), _cell(r.seed),
              _cell(r.error or "no error recorded", cls="error")] for r in failed.itertuples(index=False)]
-    return _table("failed_runs", ["method", "dataset", "perturbation", "seed", "error"], rows, captions,
-                  f"qsmbench.report from {source}: runs with run_status = failed (error from run.json)")
+    return b.table("failed_runs", ["method", "dataset", "perturbation", "seed", "error"], rows,
+                   f"qsmbench.report from {b.source}: runs with run_status = failed (error from run.json)",
+                   collapsed=len(rows) > 40, summary=f"{len(rows)} failed runs")
 
 
-def _definitions(df, captions) -> dict[str, Any]:
-    rows = [[_cell(r["metric"], cls="method"), _cell(r["better"]), _cell(r["unit"] or "—"),
+def _definitions(b: _Builder) -> dict[str, Any]:
+    rows = [[_cell(r["metric"], cls="key"), _cell(r["better"]), _cell(r["unit"] or "—"),
              _cell(r["definition"]), _cell(r["source"])] for r in metrics.metric_table()]
-    return _table("metric_definitions", ["metric", "better", "unit", "definition", "source"], rows, captions,
-                  "qsmbench.metrics.metric_table(): the registered metrics of this qsmbench version")
+    return b.table("metric_definitions", ["metric", "better", "unit", "definition", "source"], rows,
+                   "qsmbench.metrics.metric_table(): the registered metrics of this qsmbench version", collapsed=False)
 
 
-def _provenance(df, config, provenance, captions, source) -> dict[str, Any]:
+# --------------------------------------------------------------------------- provenance
+def _hardware() -> list[tuple[str, str]]:
+    out = [("report machine", f"{platform.machine()}, {os.cpu_count()} logical cores")]
+    try:
+        import psutil
+
+        out.append(("report machine memory", f"{psutil.virtual_memory().total / 2 ** 30:.1f} GiB"))
+    except Exception:  # pragma: no cover - psutil is a dependency
+        pass
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                out.append(("report machine CPU", line.split(":", 1)[1].strip()))
+                break
+    except OSError:
+        pass
+    return out
+
+
+def _provenance(b: _Builder, config, provenance, data_dirs) -> dict[str, Any]:
     import matplotlib
     import nibabel
+    import scipy
 
+    df = b.df
     facts = [
         ("report generated by", f"qsmbench {__version__}"),
         ("qsmbench version(s) of the runs", ", ".join(sorted({v for v in df["qsmbench_version"] if v}))
          or "not recorded"),
-        ("git commit(s) of the runs",
-         ", ".join(sorted({v for v in df["git_commit"] if v})) or "not recorded"),
-        ("devices", ", ".join(sorted({v for v in df["device"] if v})) or "not recorded"),
+        ("git commit(s) of the runs", ", ".join(sorted({v for v in df["git_commit"] if v})) or "not recorded"),
+        ("devices of the runs", "; ".join(sorted({v for v in df["device"] if v})) or "not recorded"),
+        *_hardware(),
         ("python", sys.version.split()[0]),
         ("platform", platform.platform()),
-        ("numpy", np.__version__), ("pandas", pd.__version__), ("nibabel", nibabel.__version__),
-        ("matplotlib", matplotlib.__version__), ("jinja2", jinja2.__version__),
+        ("numpy", np.__version__), ("scipy", scipy.__version__), ("pandas", pd.__version__),
+        ("nibabel", nibabel.__version__), ("matplotlib", matplotlib.__version__), ("jinja2", jinja2.__version__),
+        ("statistics", f"{b.pct} Student-t intervals over seeds; paired two-sided Wilcoxon signed-rank tests "
+                       f"(scipy.stats.wilcoxon), {b.correction} correction per (dataset, reference, metric), "
+                       f"α = {b.alpha:g}"),
     ]
     for column in [c for c in df.columns if c not in results.COLUMNS]:  # e.g. the workflow's config_hash
         values = sorted({str(v) for v in df[column].dropna()})
         facts.append((column, ", ".join(values) or "—"))
     for key, value in (provenance or {}).items():
-        facts.append((str(key), value if isinstance(value, str)
-                      else json.dumps(value, sort_keys=True, default=str)))
+        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+        if (str(key), text) not in facts:  # e.g. a config_hash that the table already carries
+            facts.append((str(key), text))
     rows = [[_cell(k, cls="key"), _cell(v)] for k, v in facts]
-    table = _table("provenance", ["item", "value"], rows, captions,
-                   f"qsmbench.report: this Python environment, {source} and the workflow's provenance")
-    return {"table": table, "config": _config_text(config), "config_caption": captions("config")}
+    table = b.table("provenance", ["item", "value"], rows,
+                    f"qsmbench.report: this Python environment, {b.source} and the workflow's provenance",
+                    collapsed=False)
+    return {"table": table, "checksums": _checksums(b, data_dirs), "config": _config_text(config),
+            "config_caption": b.captions("config")}
+
+
+def _checksums(b: _Builder, data_dirs) -> dict[str, Any]:
+    rows = []
+    for dataset, folder in sorted((data_dirs or {}).items()):
+        meta_path = Path(folder) / io.META
+        meta = io.read_json(meta_path) if meta_path.is_file() else {}
+        sums = meta.get("checksums") if isinstance(meta, dict) else None
+        if isinstance(sums, Mapping) and sums:
+            for name, value in sorted(sums.items()):
+                text = value.get("sha256", json.dumps(value, sort_keys=True)) if isinstance(value, Mapping) \
+                    else str(value)
+                status = value.get("status") if isinstance(value, Mapping) else None
+                rows.append([_cell(dataset, cls="key"), _cell(f"source file ({status})" if status else "source file"),
+                             _cell(str(name)), _cell(text, cls="hash")])
+        elif meta:
+            what = str(meta.get("source", "")) or "no source checksums recorded"
+            rows.append([_cell(dataset, cls="key"), _cell("source"), _cell(what), _cell("—", cls="na",
+                                                                                       title="nothing downloaded")])
+    sums = b.df[["dataset", "perturbation", "data_sha256"]].drop_duplicates()
+    for r in sorted(sums.itertuples(index=False), key=lambda r: (r.dataset, _level_sort_key(r.perturbation))):
+        rows.append([_cell(r.dataset, cls="key"), _cell("input volume"), _cell(r.perturbation),
+                     _cell(r.data_sha256 or "not recorded", cls="hash" if r.data_sha256 else "na")])
+    return b.table("data_checksums", ["dataset", "what", "file / perturbation", "sha256"], rows,
+                   f"qsmbench.report from {b.source} (data_sha256: qsmbench.results.volume_checksums of each input "
+                   "volume) and the datasets' meta.json", title="Data checksums", anchor="data-checksums",
+                   summary=f"data checksums: {len(rows)} rows")
 
 
 def _config_text(config: Any) -> str:
@@ -560,165 +919,5 @@ def _config_text(config: Any) -> str:
         return json.dumps(config, indent=2, sort_keys=True, default=str)
 
 
-# --------------------------------------------------------------------------- figures
-def _png(fig) -> str:
-    import matplotlib.pyplot as plt
-
-    buf = _io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
-    plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _runtime_chart(ok: pd.DataFrame, colours: Mapping[str, str]) -> str:
-    plt = _pyplot()
-    stats = ok.groupby("method").agg(wall=("wall_s", "mean"), wall_min=("wall_s", "min"),
-                                     wall_max=("wall_s", "max"), rss=("peak_rss_mb", "max"),
-                                     n=("wall_s", "size"),
-                                     device=("device", lambda s: ", ".join(sorted({d for d in s if d}))))
-    stats = stats.sort_index()
-    names = list(stats.index)
-    labels = [f"{m}\n({d})" if d else m for m, d in zip(names, stats["device"], strict=True)]
-    ys = np.arange(len(names))
-    cols = [colours.get(m, method_colour(m)) for m in names]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 0.55 * len(names) + 1.4), layout="constrained",
-                                   sharey=True)
-    wall = stats["wall"].fillna(0).to_numpy()
-    err = np.vstack([wall - stats["wall_min"].fillna(0).to_numpy(),
-                     stats["wall_max"].fillna(0).to_numpy() - wall])
-    ax1.barh(ys, wall, color=cols, xerr=err if len(ok) > len(names) else None, capsize=3)
-    ax1.set_xlabel("wall time (s): mean, min–max")
-    ax1.set_yticks(ys, labels)
-    ax1.invert_yaxis()
-    ax2.barh(ys, stats["rss"].fillna(0).to_numpy(), color=cols)
-    ax2.set_xlabel("peak RAM (MB): max")
-    for ax in (ax1, ax2):
-        ax.grid(axis="x", alpha=0.3)
-        ax.spines[["top", "right"]].set_visible(False)
-    return _png(fig)
-
-
-def _central_index(mask: np.ndarray) -> tuple[int, int, int]:
-    idx = np.argwhere(mask)
-    return tuple(int(round(c)) for c in idx.mean(axis=0))  # type: ignore[return-value]
-
-
-def _slice(arr: np.ndarray, axis: int, index: int) -> np.ndarray:
-    # Transposed so that the first remaining array axis runs left to right and the second
-    # bottom to top (with origin="lower").
-    return np.take(arr, index, axis=axis).T
-
-
-def _aspect(voxel_size_mm, axis: int) -> float:
-    a, b = [v for i, v in enumerate(voxel_size_mm) if i != axis]
-    return b / a
-
-
-def _montage(entry: Mapping[str, Any], colours: Mapping[str, str], captions: _Captions) -> dict[str, Any]:
-    try:
-        dataset, perturbation = str(entry["dataset"]), str(entry["perturbation"])
-        volume_dir = Path(entry["volume_dir"])
-    except KeyError as exc:
-        raise InputError(f"a montage entry lacks the key {exc}") from None
-    vol = io.load_volume(volume_dir)
-    ref_name = entry.get("reference") or (sorted(vol.references)[0] if vol.references else None)
-    if ref_name is not None and ref_name not in vol.references:
-        raise InputError(f"{volume_dir} has no reference {ref_name!r}; it has {sorted(vol.references)}")
-    reference = vol.references.get(ref_name) if ref_name else None
-    recons: dict[str, np.ndarray | None] = {}
-    for method in sorted(entry.get("recons", {})):
-        path = entry["recons"][method]
-        if path is None:
-            recons[method] = None
-            continue
-        chi, affine, _ = io.read_nifti(path, role=f"reconstruction of {method}")
-        io.check_same_grid(volume_dir / io.FIELD, vol.shape, vol.affine, path, chi.shape, affine)
-        recons[method] = chi.astype(float)
-    png = _montage_png(vol, reference, ref_name, recons, colours, f"{dataset} / {perturbation}")
-    title = f"{dataset} · perturbation {perturbation}" + (f" · reference {ref_name}" if ref_name else "")
-    return {"title": title,
-            "caption": captions("montage"), "png": png,
-            "alt": f"slice montage of {dataset} ({perturbation}) for {', '.join(recons) or 'no method'}",
-            "source": f"qsmbench.report (matplotlib) from {volume_dir.name}/ and the methods' χ maps; "
-                      "values outside the brain mask are hidden"}
-
-
-def _montage_png(vol, reference, ref_name, recons, colours, title) -> str:
-    plt = _pyplot()
-    from matplotlib.ticker import MaxNLocator
-
-    mask = vol.mask
-    inside = mask.astype(bool)
-    if reference is not None:
-        lo, hi = np.percentile(reference[inside], [0.5, 99.5])
-    else:
-        pooled = [r[inside] for r in recons.values() if r is not None]
-        lo, hi = np.percentile(np.concatenate(pooled), [0.5, 99.5]) if pooled else CHI_RANGE_PPM
-    if not hi > lo:
-        lo, hi = CHI_RANGE_PPM
-    field_lim = float(np.percentile(np.abs(vol.field_ppm[inside]), 99.5)) or 1.0
-    errors = {m: (r - reference) for m, r in recons.items() if r is not None and reference is not None}
-    err_lim = float(np.percentile(np.abs(np.concatenate([e[inside] for e in errors.values()])), 99)) \
-        if errors else 0.0
-    err_lim = err_lim or (hi - lo) / 4
-
-    # Field first, so that the columns sharing a colour scale (and a colour bar) are adjacent.
-    columns: list[tuple[str, str, Any, str]] = [("local field", "field", vol.field_ppm, "")]
-    if reference is not None:
-        columns.append((f"reference χ ({ref_name})", "chi", reference, ""))
-    columns += [(f"{m} χ", "chi", r, m) for m, r in recons.items()]
-    if reference is not None:
-        columns += [(f"{m} error", "err", errors.get(m), m) for m in recons]
-    cmaps = {"chi": plt.get_cmap("gray").with_extremes(bad="black"),
-             "field": plt.get_cmap("gray").with_extremes(bad="black"),
-             "err": plt.get_cmap("RdBu_r").with_extremes(bad="#d9d9d9"),
-             "failed": plt.get_cmap("gray").with_extremes(bad="#f2f2f2")}
-    limits = {"chi": (lo, hi), "field": (-field_lim, field_lim), "err": (-err_lim, err_lim)}
-
-    centre = _central_index(inside)
-    ncol = len(columns)
-    fig, axes = plt.subplots(3, ncol, figsize=(1.55 * ncol + 0.6, 3 * 1.6 + 1.6), layout="constrained",
-                             squeeze=False)
-    fig.suptitle(title, fontsize=11)
-    mappables: dict[str, Any] = {}
-    for row, (orient, axis) in enumerate(_ORIENTATIONS):
-        for col, (name, kind, image, method) in enumerate(columns):
-            ax = axes[row, col]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if row == 0:
-                ax.set_title(name, fontsize=9, color=colours.get(method, "black") if method else "black",
-                             fontweight="bold" if method else "normal")
-            if col == 0:
-                ax.set_ylabel(orient, fontsize=9)
-            if image is None:
-                ax.imshow(np.ma.masked_all(_slice(inside, axis, centre[axis]).shape), origin="lower",
-                          cmap=cmaps["failed"], aspect=_aspect(vol.voxel_size_mm, axis))
-                ax.text(0.5, 0.5, "failed", ha="center", va="center", transform=ax.transAxes,
-                        fontsize=10, color="#b00020")
-                continue
-            shown = np.ma.masked_where(~_slice(inside, axis, centre[axis]), _slice(image, axis, centre[axis]))
-            im = ax.imshow(shown, origin="lower", cmap=cmaps[kind], vmin=limits[kind][0],
-                           vmax=limits[kind][1], interpolation="nearest",
-                           aspect=_aspect(vol.voxel_size_mm, axis))
-            mappables.setdefault(kind, im)
-    labels = {"chi": "χ (ppm)", "field": "field (ppm)", "err": "χ − reference (ppm)"}
-    for kind in ("chi", "field", "err"):
-        if kind not in mappables:
-            continue
-        cols = [c for c, (_, k, _, _) in enumerate(columns) if k == kind]
-        cb = fig.colorbar(mappables[kind], ax=list(axes[:, cols].ravel()), location="bottom",
-                          shrink=0.9 if len(cols) > 1 else 1.0, aspect=12 * max(1, len(cols)), pad=0.02)
-        cb.ax.xaxis.set_major_locator(MaxNLocator(nbins=3 if len(cols) == 1 else 7))
-        cb.set_label(labels[kind], fontsize=8)
-        cb.ax.tick_params(labelsize=7)
-    return _png(fig)
+__all__ = ["DEFAULT_CAPTIONS", "FIGURE_KINDS", "REPORT_DIR", "SECTIONS", "format_number", "method_colour",
+           "method_colours", "montages_from_runs", "render_report"]

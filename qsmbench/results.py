@@ -17,6 +17,8 @@ Two steps, one per workflow rule:
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import json
 import math
 import os
@@ -66,7 +68,19 @@ COLUMNS: dict[str, str] = {
     "parameters": "the method's parameters as JSON (sorted keys)",
     "qsmbench_version": "qsmbench version that ran the reconstruction",
     "git_commit": "git commit of the qsmbench checkout that ran it; '' when unknown",
+    "data_sha256": "checksum of the input volume the method reconstructed: sha256 of the lines "
+                   "'{file} {sha256 of its uncompressed content}' of the volume folder's NIfTI files in "
+                   "sorted order (volume_checksums); '' when not recorded",
 }
+
+#: Columns the workflow adds after the schema's (kept by :func:`write_table`/:func:`read_table`).
+EXTRA_COLUMNS: dict[str, str] = {
+    "config_hash": "hash of the validated configuration (qsmbench.config.config_hash), added by the "
+                   "aggregate rule",
+}
+
+#: Schema columns newer than some stored tables: filled with '' when a table lacks them.
+_ADDED_COLUMNS = ("data_sha256",)
 
 #: The columns that identify a row, in sort order.
 KEY_COLUMNS = ("dataset", "reference", "perturbation", "method", "seed", "metric")
@@ -118,7 +132,9 @@ def evaluate_run(run_json_path: str | os.PathLike, volume_dir: str | os.PathLike
         "run": {k: v for k, v in run.items() if k != "traceback"},
         "references": {},
         "notes": [],
+        "data_files": volume_checksums(volume_dir),
     }
+    record["data_sha256"] = digest_of(record["data_files"])
     if run["status"] == "failed":
         record["notes"].append("the reconstruction failed, so nothing was scored")
     elif not vol.references:
@@ -139,6 +155,31 @@ def evaluate_run(run_json_path: str | os.PathLike, volume_dir: str | os.PathLike
             record["references"][name] = [s.as_dict() for s in scores]
     io.write_json(out_json_path, record)
     return record
+
+
+def volume_checksums(volume_dir: str | os.PathLike) -> dict[str, str]:
+    """{file name: sha256 of its uncompressed content} of the NIfTI files of a volume folder.
+
+    The content of a ``.nii.gz`` is hashed, not the gzip stream (whose header may carry a time).
+    """
+    out = {}
+    for path in sorted(Path(volume_dir).glob("*.nii*")):
+        h = hashlib.sha256()
+        opener = gzip.open if path.name.endswith(".gz") else open
+        try:
+            with opener(path, "rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    h.update(chunk)
+        except (OSError, EOFError) as exc:
+            raise InputError(f"cannot read {path} to checksum it: {exc}") from None
+        out[path.name] = h.hexdigest()
+    return out
+
+
+def digest_of(checksums: Mapping[str, str]) -> str:
+    """One sha256 over ``{file: sha256}``: of the lines '{file} {sha256}' in sorted order."""
+    text = "".join(f"{name} {checksums[name]}\n" for name in sorted(checksums))
+    return hashlib.sha256(text.encode()).hexdigest() if checksums else ""
 
 
 def _read_run(path: Path) -> dict[str, Any]:
@@ -214,6 +255,7 @@ def _rows_of(record: Any, path: Path) -> list[dict[str, Any]]:
         "parameters": json.dumps(run.get("parameters") or {}, sort_keys=True, default=str),
         "qsmbench_version": _text(run.get("qsmbench_version")),
         "git_commit": _text(run.get("git_commit")),
+        "data_sha256": _text(record.get("data_sha256")),
     }
     rows = []
     if status == "failed" or not record["references"]:
@@ -275,7 +317,8 @@ def _coerce(df: pd.DataFrame) -> pd.DataFrame:
 # --------------------------------------------------------------------------- storage
 def as_table(df: pd.DataFrame, what: str = "the results table") -> pd.DataFrame:
     """``df`` with the :data:`COLUMNS` first and typed; :class:`InputError` if one is missing."""
-    missing = [c for c in COLUMNS if c not in df.columns]
+    missing = [c for c in COLUMNS if c not in df.columns and c not in _ADDED_COLUMNS]
+    df = df.assign(**{c: "" for c in _ADDED_COLUMNS if c not in df.columns})
     if missing:
         raise InputError(f"{what} lacks the column(s) {', '.join(missing)}")
     return _coerce(df)
@@ -330,10 +373,10 @@ def runs(df: pd.DataFrame) -> pd.DataFrame:
     """One row per run (dataset, perturbation, method, seed) with its run-level columns."""
     cols = ["dataset", "perturbation", "method", "seed", "run_status", "error", "wall_s", "cpu_s",
             "prepare_s", "peak_rss_mb", "peak_gpu_mb", "method_name", "profile", "device", "parameters",
-            "qsmbench_version", "git_commit"]
+            "qsmbench_version", "git_commit", "data_sha256"]
     out = df[cols].drop_duplicates(subset=["dataset", "perturbation", "method", "seed"])
     return out.sort_values(["dataset", "perturbation", "method", "seed"]).reset_index(drop=True)
 
 
-__all__ = ["COLUMNS", "KEY_COLUMNS", "ROW_STATUSES", "RUN_STATUSES", "as_table", "atomic_write", "collect",
-           "evaluate_run", "read_table", "runs", "write_table"]
+__all__ = ["COLUMNS", "EXTRA_COLUMNS", "KEY_COLUMNS", "ROW_STATUSES", "RUN_STATUSES", "as_table", "atomic_write",
+           "collect", "digest_of", "evaluate_run", "read_table", "runs", "volume_checksums", "write_table"]

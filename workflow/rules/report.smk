@@ -1,19 +1,57 @@
+# The report (results/report/index.html, self-contained; its figures also as PNG + SVG under
+# results/report/figures/{kind}/) and the paper figures (results/paper_figures/).  Figures are
+# registered for Snakemake's own report:  snakemake --report report.html
+
+
 rule render_report:
     input:
         table="results/metrics.parquet",
         runs=all_run_jsons,
         volumes=expand("results/data/{dataset}/meta.json", dataset=DATASETS),
     output:
-        report(
+        html=report(
             "results/report/index.html",
             category="Report",
             caption="../../report/captions/report.rst",
+        ),
+        ranking=report(
+            directory("results/report/figures/ranking"),
+            patterns=["{name}.png"],
+            category="Figures",
+            subcategory="Ranking",
+            caption="../../report/captions/ranking.rst",
+            labels={"figure": "{name}"},
+        ),
+        robustness=report(
+            directory("results/report/figures/robustness"),
+            patterns=["{name}.png"],
+            category="Figures",
+            subcategory="Robustness",
+            caption="../../report/captions/robustness_plot.rst",
+            labels={"figure": "{name}"},
+        ),
+        montage=report(
+            directory("results/report/figures/montage"),
+            patterns=["{name}.png"],
+            category="Figures",
+            subcategory="Slice montages",
+            caption="../../report/captions/montage.rst",
+            labels={"figure": "{name}"},
+        ),
+        cost=report(
+            directory("results/report/figures/cost"),
+            patterns=["{name}.png"],
+            category="Figures",
+            subcategory="Cost",
+            caption="../../report/captions/runtime_chart.rst",
+            labels={"figure": "{name}"},
         ),
     params:
         config=config,
         config_hash=CONFIG_HASH,
         datasets=DATASETS,
-        runs=list(RUNS),
+        figures_dir=lambda wildcards, output: str(Path(output.ranking).parent),
+        title=config.get("report", {}).get("title", "qsmbench report"),
     log:
         "logs/report.log",
     conda:
@@ -23,3 +61,29 @@ rule render_report:
         runtime=20,
     script:
         "../scripts/render_report.py"
+
+
+rule paper_figures:
+    input:
+        table="results/metrics.parquet",
+        runs=all_run_jsons,
+        volumes=expand("results/data/{dataset}/meta.json", dataset=DATASETS),
+    output:
+        report(
+            directory("results/paper_figures"),
+            patterns=["{name}.png"],
+            category="Paper figures",
+            caption="../../report/captions/paper_figures.rst",
+            labels={"figure": "{name}"},
+        ),
+    params:
+        datasets=DATASETS,
+    log:
+        "logs/paper_figures.log",
+    conda:
+        ENV
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    script:
+        "../scripts/paper_figures.py"
