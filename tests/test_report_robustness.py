@@ -1,4 +1,5 @@
-"""The report's Robustness section: one degradation plot and table per (dataset, reference, axis)."""
+"""The report's Robustness section: one degradation plot (mean, t-interval band) and table per
+(dataset, reference, axis)."""
 
 from __future__ import annotations
 
@@ -81,18 +82,19 @@ def test_levels_run_from_none_to_most_perturbed(page):
 def test_values_are_means_and_sd_over_seeds(page):
     noise = robustness_html(page).split("<h3>ph · reference chi · noise</h3>")[1].split("<h3>")[0]
     values = cells(noise)
-    # rows: cfl2 nrmse, cfl2 xsim, tkd nrmse, tkd xsim; seeds at SNR 10 give base + 10 + (-1, 0, 1)
-    i = values.index("tkd")
-    assert values[i:i + 5] == ["tkd", "nrmse (%)", "50.00", "51.00 ± 1.00", "60.00 ± 1.00"]
-    assert values[i + 5:i + 10] == ["tkd", "xsim", "0.6000", "0.5000 ± 0.0000", "0.5000 ± 0.0000"]
-    assert 'title="3 values"' in noise
+    # rows: cfl2 nrmse, cfl2 xsim, tkd nrmse, tkd xsim; seeds at SNR 10 give base + 10 + (-1, 0, 1):
+    # mean 60, sd 1, 95 % t-interval half width t(0.975, 2) · 1 / √3 = 4.3027 / 1.7321 = 2.484
+    i = values.index("TKD")
+    assert values[i:i + 5] == ["TKD", "nrmse (%)", "50.00", "51.00 ± 2.48", "60.00 ± 2.48"]
+    assert values[i + 5:i + 10] == ["TKD", "xsim", "0.6000", "0.5000 ± 0.0000", "0.5000 ± 0.0000"]
+    assert 'title="mean of 3 seeds ± half width of the 95 % t-interval"' in noise
 
 
 def test_failed_level_is_a_dash_and_other_metrics_are_not_plotted(page):
     orientation = robustness_html(page).split("<h3>ph · reference chi · orientation</h3>")[1].split("<h3>")[0]
     values = cells(orientation)
-    i = values.index("cfl2")
-    assert values[i:i + 5] == ["cfl2", "nrmse (%)", "60.00", "—", "64.00"]
+    i = values.index("CFL2")
+    assert values[i:i + 5] == ["CFL2", "nrmse (%)", "60.00", "—", "64.00"]
     assert "rmse (%)" not in values
     # only nrmse exists on this axis: one panel, no xsim row
     assert "xsim" not in values
@@ -113,3 +115,32 @@ def test_robustness_metrics_are_configurable(sweep, tmp_path):
     page = report.render_report(sweep, tmp_path / "c.html", robustness_metrics=("xsim",)).read_text(encoding="utf-8")
     noise = robustness_html(page).split("<h3>ph · reference chi · noise</h3>")[1].split("<h3>")[0]
     assert "xsim" in cells(noise) and "nrmse (%)" not in cells(noise)
+
+
+def test_a_big_grid_keeps_one_main_metric_table_and_collapses_the_rest(tmp_path):
+    levels = ([f"noise-snr{s}-seed{k}" for s in (5, 10, 20, 40, 80) for k in (1, 2, 3)]
+              + [f"orient-{a}" for a in (10, 20, 30, 40, 50)] + [f"res-{v}x{v}x{v}" for v in (2, 3, 4, 5, 6)])
+    rows = []
+    for i, method in enumerate(("tkd", "cfl2", "ilsqr", "medi", "mine")):
+        for j, p in enumerate(["none", *levels]):
+            rows += [row(p, method, "nrmse", 40.0 + 5 * i + j), row(p, method, "xsim", 0.9 - 0.05 * i - 0.01 * j)]
+    page = report.render_report(table(rows), tmp_path / "big.html").read_text(encoding="utf-8")
+    results_section = page[page.index('<section id="results">'):page.index('<section id="robustness">')]
+    assert results_section.count('id="table-metrics-') == 1  # 'none' only, not one table per perturbation
+    assert results_section.count("<table>") == 4  # metrics, ranks, paired comparisons, every level
+    assert results_section.count("<details>") == 3  # all but the main table collapsed
+    assert "every perturbation level: 16 levels × 5 methods" in results_section
+    # 10 pairs × 2 metrics; each method is consistently ordered on all 26 volumes: every pair significant
+    assert "paired comparisons of nrmse, xsim: 20 pairs, 20 significant at α = 0.05 (holm)" in results_section
+    assert robustness_html(page).count("<img ") == 3
+
+
+def test_a_dataset_without_reference_is_explained_not_scored(tmp_path):
+    rows = [row("none", "tkd", "nrmse", 50.0)]
+    rows += [row("none", "tkd", m, math.nan, dataset="mine", reference="", status="not_applicable")
+             for m in ("nrmse", "xsim")]
+    page = report.render_report(table(rows), tmp_path / "own.html").read_text(encoding="utf-8")
+    results_section = page[page.index('<section id="results">'):page.index('<section id="robustness">')]
+    assert "<h3>Dataset mine</h3>" in results_section
+    assert "Nothing was scored on this dataset: it has no reference χ." in results_section
+    assert "nan" not in " ".join(cells(page)).lower().split()
