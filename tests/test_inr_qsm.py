@@ -1,0 +1,316 @@
+"""INR-QSM and INR-QSM-fast (methods/inr_qsm): physics, patches, phase compensation, fitting,
+determinism and the warm-start cache.  CPU only, tiny volumes, a few steps."""
+
+import importlib
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from qsmbench import physics, registry  # noqa: E402
+from qsmbench.contract import contract_volume  # noqa: E402
+from qsmbench.errors import ConfigError  # noqa: E402
+
+# Small settings shared by the fitting tests (24x24x20 contract volume).
+TINY = {"hidden_features": 32, "sine_layers": 2, "w0_first": 20.0, "w0_hidden": 20.0, "w0_last": 20.0,
+        "chi0_method": "tkd", "patch_size": [16, 16, 12], "patch_stride_fraction": 1.0, "epochs": 3,
+        "compensate_every": 1, "lr_start": 1e-3, "lr_end": 5e-4}
+TINY_FAST = {"levels": 3, "grid_max_scale": 0.5, "max_steps": 20, "min_steps": 20, "plateau_window": 3}
+
+
+def _pkg(name="inr_qsm"):
+    return registry.get_method_class(name).__module__
+
+
+def _mod(sub):
+    return importlib.import_module(f"{_pkg()}.{sub}")
+
+
+def _sphere_volume(shape=(24, 20, 16), voxel=(1.0, 1.2, 1.5), b0=(0.0, 0.3, 1.0), seed=0):
+    rng = np.random.default_rng(seed)
+    grid = np.meshgrid(*[(np.arange(n) - (n - 1) / 2) * v for n, v in zip(shape, voxel)], indexing="ij")
+    r = np.sqrt(sum((g / (0.45 * n * v)) ** 2 for g, n, v in zip(grid, shape, voxel)))
+    mask = r <= 1.0
+    chi = (rng.normal(size=shape) * 0.05 * mask).astype(np.float32)
+    return chi, mask, voxel, physics.unit_vector(b0)
+
+
+# --------------------------------------------------------------------------- physics
+def test_dipole_operator_equals_the_project_forward_model():
+    chi, mask, voxel, b0 = _sphere_volume()
+    common = _mod("common")
+    op = common.DipoleOperator(chi.shape, voxel, b0, d0=0.0, pad_factor=2.0)
+    ours = op(torch.from_numpy(chi)).numpy()
+    ref = physics.forward_field(chi.astype(np.float64), voxel, b0, d0=0.0, pad_factor=2.0)
+    assert ours.shape == chi.shape
+    np.testing.assert_allclose(ours, ref, atol=1e-6 * np.abs(ref).max() + 1e-8)
+    # batched over leading axes, and D(0) honoured: a constant chi on an unpadded grid gives d0 * chi
+    op1 = common.DipoleOperator((4, 4, 4), (1, 1, 1), (0, 0, 1), d0=1 / 3, pad_factor=1.0)
+    out = op1(torch.full((2, 4, 4, 4), 0.3))
+    np.testing.assert_allclose(out.numpy(), 0.1, atol=1e-6)
+
+
+def test_normalised_coordinates_are_isotropic_in_mm():
+    coords = _mod("common").normalised_coords((5, 3, 2), (1.0, 2.0, 1.0))
+    assert coords.shape == (5, 3, 2, 3)
+    # longest half extent: axis 0 (4 * 1 / 2 = 2 mm) and axis 1 (2 * 2 / 2 = 2 mm) -> both span [-1, 1]
+    np.testing.assert_allclose(coords[:, 0, 0, 0], [-1, -0.5, 0, 0.5, 1])
+    np.testing.assert_allclose(coords[0, :, 0, 1], [-1, 0, 1])
+    np.testing.assert_allclose(coords[0, 0, :, 2], [-0.25, 0.25])
+    # one step is voxel_size / 2 mm along every axis
+    assert np.isclose(coords[1, 0, 0, 0] - coords[0, 0, 0, 0], 1.0 / 2.0)
+    assert np.isclose(coords[0, 1, 0, 1] - coords[0, 0, 0, 1], 2.0 / 2.0)
+
+
+def test_edge_weights_ramp_between_p50_and_p70():
+    # chi0 varies along axis 0 only, with steps 0..9 (ten differences per line) inside a full mask
+    steps = np.arange(10, dtype=float)
+    chi0 = np.broadcast_to(np.concatenate([[0.0], np.cumsum(steps)])[:, None, None], (11, 2, 2)).copy()
+    mask = np.ones_like(chi0, bool)
+    wg = _mod("common").edge_weights(chi0, mask, low_percentile=50, high_percentile=70)
+    assert [w.shape for w in wg] == [(10, 2, 2), (11, 1, 2), (11, 2, 1)]
+    lo, hi = np.percentile(steps, [50, 70])  # 4.5, 6.3
+    expected = np.clip((hi - steps) / (hi - lo), 0, 1)
+    np.testing.assert_allclose(wg[0][:, 0, 0], expected, rtol=1e-6)
+    assert wg[0][0, 0, 0] == 1.0 and wg[0][-1, 0, 0] == 0.0
+    # no variation along the other axes: all differences equal their percentiles -> weight 1
+    assert np.all(wg[1] == 1.0) and np.all(wg[2] == 1.0)
+    # a difference that leaves the mask gets weight 0
+    mask[5] = False
+    wg = _mod("common").edge_weights(chi0, mask)
+    assert np.all(wg[0][4] == 0) and np.all(wg[0][5] == 0) and np.all(wg[1][5] == 0)
+
+
+def test_bad_edge_percentiles_are_rejected():
+    with pytest.raises(ConfigError, match="percentiles"):
+        _mod("common").edge_weights(np.zeros((3, 3, 3)), np.ones((3, 3, 3), bool), low_percentile=70,
+                                    high_percentile=50)
+
+
+# --------------------------------------------------------------------------- patches
+def test_patch_tiling_covers_the_mask_and_keeps_brainy_patches():
+    patches_mod = _mod("patches")
+    assert patches_mod.axis_starts(20, 8, 3) == [0, 3, 6, 9, 12]  # 12 = 20 - 8: flush with the edge
+    assert patches_mod.axis_starts(10, 16, 5) == [0]               # patch clipped to the axis
+    _, mask, _, _ = _sphere_volume(shape=(30, 26, 20))
+    mask = mask.copy()
+    mask[0:2, 0:2, 0:2] = True   # a stray corner blob: only low-brain patches contain it
+    patches = patches_mod.make_patches(mask, (12, 12, 9), stride_fraction=1 / 3, min_brain_fraction=0.3)
+    cover = patches_mod.coverage(mask.shape, patches)
+    assert np.all(cover[mask] >= 1)
+    assert all(p.size == (12, 12, 9) for p in patches)
+    assert all(s % 4 == 0 or s + 12 == 30 for p in patches for s in p.start[:1])   # stride 4 along axis 0
+    low = [p for p in patches if p.brain_fraction < 0.3]
+    assert 1 <= len(low) <= 2  # only what the corner blob needs is added back
+    without = patches_mod.make_patches(mask, (12, 12, 9), ensure_coverage=False)
+    assert all(p.brain_fraction >= 0.3 for p in without)
+    assert np.any(patches_mod.coverage(mask.shape, without)[mask] == 0)
+    # patches larger than the matrix are clipped to it: one patch, the whole volume
+    whole = patches_mod.make_patches(mask, (96, 96, 48))
+    assert len(whole) == 1 and whole[0].size == mask.shape
+
+
+# --------------------------------------------------------------------------- phase compensation
+def test_phase_compensation_targets_are_the_direct_full_volume_computation():
+    inr, patches_mod, common = _mod("inr"), _mod("patches"), _mod("common")
+    chi_true, mask, voxel, b0 = _sphere_volume()
+    field = physics.forward_field(chi_true.astype(np.float64), voxel, b0, d0=0.0, pad_factor=2.0) * mask
+    wg = common.edge_weights(chi_true, mask)
+    prob = inr.Problem.build(field, mask, voxel, b0, wg, "cpu")
+    patches = patches_mod.make_patches(mask, (12, 10, 8))
+    assert len(patches) > 4
+    chi_hat = (np.random.default_rng(1).normal(size=mask.shape) * 0.03 * mask).astype(np.float32)
+    op_full = common.DipoleOperator(mask.shape, voxel, b0, d0=0.0, pad_factor=2.0)
+    outside = inr.outside_fields(torch.from_numpy(chi_hat), patches, op_full)
+    for patch, out in zip(patches, outside):
+        target = inr.compensated_target(prob, patch, out).numpy()
+        ind = np.zeros(mask.shape)
+        ind[patch.slices] = 1.0
+        direct = field - physics.forward_field(chi_hat * (1.0 - ind), voxel, b0, d0=0.0, pad_factor=2.0)
+        np.testing.assert_allclose(target, direct[patch.slices].astype(np.float32), atol=2e-6)
+        assert not np.allclose(target, field[patch.slices], atol=1e-4)   # it did change the target
+    # with the true chi as estimate, the target is the field of the patch's own sources alone
+    outside = inr.outside_fields(torch.from_numpy(chi_true), patches, op_full)
+    for patch, out in zip(patches, outside):
+        own = chi_true * 0
+        own[patch.slices] = chi_true[patch.slices]
+        expected = physics.forward_field(own.astype(np.float64), voxel, b0, d0=0.0, pad_factor=2.0)
+        got = inr.compensated_target(prob, patch, out).numpy()
+        m = mask[patch.slices]
+        np.testing.assert_allclose(got[m], expected[patch.slices][m], atol=2e-6)
+    # before any compensation the target is the measured field
+    assert torch.equal(inr.compensated_target(prob, patches[0], None), prob.field[patches[0].slices])
+
+
+def test_fit_uses_compensated_targets_only_when_switched_on(small_volume):
+    cls = registry.get_method_class("inr_qsm")
+    on = cls(seed=3, **{**TINY, "patch_size": [12, 12, 10]})
+    off = cls(seed=3, **{**TINY, "patch_size": [12, 12, 10], "phase_compensation": False})
+    assert len(_mod("patches").make_patches(small_volume.mask, (12, 12, 10), stride_fraction=1.0)) == 8
+    a = on.reconstruct(small_volume.for_method())
+    b = off.reconstruct(small_volume.for_method())
+    assert [r["compensated"] for r in on.history] == [False, True, True]
+    assert not any(r["compensated"] for r in off.history)
+    # identical first epoch (same seed, same targets), then the targets differ
+    assert on.history[0]["loss"] == off.history[0]["loss"]
+    assert not np.allclose(a, b)
+
+
+# --------------------------------------------------------------------------- fitting
+def test_inr_qsm_loss_decreases_and_output_is_chi_in_ppm(small_volume):
+    vol = small_volume.for_method()
+    m = registry.get_method("inr_qsm", seed=0, **{**TINY, "epochs": 8, "phase_compensation": False})
+    chi = m.reconstruct(vol)
+    losses = [r["loss"] for r in m.history]
+    assert len(losses) == 8 and losses[-1] < 0.5 * losses[0]
+    assert chi.shape == vol.shape and chi.dtype == np.float32
+    assert np.all(chi[~vol.mask] == 0)
+    truth = small_volume.references["chi"][vol.mask]
+    assert np.corrcoef(chi[vol.mask], truth)[0, 1] > 0.5
+    scale = np.dot(chi[vol.mask], truth) / np.dot(truth, truth)
+    assert 0.3 < scale < 3.0
+
+
+def test_inr_qsm_fast_loss_decreases_and_output_is_chi_in_ppm(small_volume):
+    vol = small_volume.for_method()
+    m = registry.get_method("inr_qsm_fast", seed=0, **TINY_FAST)
+    chi = m.reconstruct(vol)
+    data = [r["data"] for r in m.history]
+    assert len(data) == 20 and data[-1] < 0.5 * data[0]
+    assert chi.shape == vol.shape and np.all(chi[~vol.mask] == 0)
+    truth = small_volume.references["chi"][vol.mask]
+    assert np.corrcoef(chi[vol.mask], truth)[0, 1] > 0.5
+
+
+def test_fast_stops_early_on_a_plateau():
+    fast = _mod("fast")
+    assert fast.plateaued([5, 4, 3, 2, 2, 2, 2], window=3, tol=0.01)
+    assert not fast.plateaued([5, 4, 3, 2, 1.5, 1.2, 1.0], window=3, tol=0.01)
+    assert not fast.plateaued([2, 2, 2], window=3, tol=0.01)   # too short to judge
+    # the optional coarse-to-fine schedule: coarse level first, all levels on at the end
+    assert fast.level_weights(0, 8, 4).tolist() == [1.0, 0.0, 0.0, 0.0]
+    assert fast.level_weights(4, 8, 4).tolist() == [1.0, 1.0, 1.0, 0.0]
+    assert fast.level_weights(8, 8, 4) is None and fast.level_weights(3, 0, 4) is None
+    m = registry.get_method("inr_qsm_fast", seed=0, **{**TINY_FAST, "max_steps": 200, "min_steps": 5,
+                                                        "plateau_window": 5, "plateau_tol": 0.2})
+    m.reconstruct(contract_volume().for_method())
+    assert m.steps < 200 and "stopped early" in m.notes[-1]
+
+
+def test_chunked_backward_gives_the_same_gradient(small_volume):
+    fast, init = _mod("fast"), importlib.import_module(_pkg("inr_qsm_fast"))
+    m = registry.get_method("inr_qsm_fast", seed=0, **TINY_FAST)
+    prob = init._problem(m, small_volume.for_method())
+    op = fast.DipoleOperator(prob.shape, prob.voxel_size_mm, prob.b0_dir, d0=0.0, pad_factor=2.0)
+    loss_fn = fast.FullVolumeLoss(prob, op, 1.0, 1.0)
+    pts = prob.coords[prob.mask]
+    grads = []
+    for chunk in (10**9, 257):
+        net = fast.build_grid_inr(prob.shape, prob.voxel_size_mm, m.params, seed=0)
+        with torch.no_grad():
+            for g in net.grids:
+                g.normal_(0, 0.1, generator=torch.Generator().manual_seed(0))
+        loss, _ = fast.loss_and_backward(net, pts, prob.mask, loss_fn, chunk)
+        grads.append((loss.item(), torch.cat([p.grad.flatten() for p in net.parameters()])))
+    assert np.isclose(grads[0][0], grads[1][0], rtol=1e-6)
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("name,params", [("inr_qsm", TINY), ("inr_qsm_fast", TINY_FAST)])
+def test_deterministic_with_a_fixed_seed(name, params, small_volume):
+    vol = small_volume.for_method()
+    a = registry.get_method(name, seed=11, **params).reconstruct(vol)
+    b = registry.get_method(name, seed=11, **params).reconstruct(vol)
+    c = registry.get_method(name, seed=12, **params).reconstruct(vol)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_missing_chi0_method_falls_back_to_tkd(small_volume):
+    m = registry.get_method("inr_qsm_fast", seed=0, **{**TINY_FAST, "chi0_method": "no_such_method",
+                                                       "max_steps": 2, "min_steps": 2})
+    m.reconstruct(small_volume.for_method())
+    assert any("no_such_method" in n and "TKD" in n for n in m.notes)
+
+
+def test_mixed_precision_is_only_used_on_cuda():
+    common = _mod("common")
+    assert common.amp_settings(torch.device("cpu"), True, "float16") == (False, torch.float16)
+    with pytest.raises(ConfigError, match="amp_dtype"):
+        common.amp_settings(torch.device("cpu"), True, "float8")
+
+
+def test_siren_under_autocast_keeps_sine_arguments_in_float32():
+    # the CUDA code path, exercised with CPU autocast (bfloat16): same function to bf16 accuracy
+    net = _mod("inr").build_siren({"hidden_features": 32, "sine_layers": 3, "w0_first": 40.0, "w0_hidden": 40.0,
+                                   "w0_last": 40.0, "output_scale": 1.0}, seed=0)
+    x = torch.rand(500, 3) * 2 - 1
+    ref = net(x)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        low = net(x)
+    assert low.dtype == torch.float32
+    assert (low - ref).abs().max() < 0.05 * ref.abs().max()
+
+
+# --------------------------------------------------------------------------- warm start
+def test_warm_start_cache_round_trips(tmp_path, monkeypatch, small_volume):
+    loads = []
+    real_load = torch.load
+
+    def spy(*args, **kwargs):
+        loads.append(kwargs.get("weights_only"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    params = {**TINY, "warm_start": "phantom", "warm_start_shape": [20, 20, 16], "warm_start_epochs": 1,
+              "cache_dir": str(tmp_path), "epochs": 1}
+    first = registry.get_method("inr_qsm", seed=5, **params)
+    first.prepare([])
+    files = list(tmp_path.glob("*.pt"))
+    assert len(files) == 1 and first.warm_start_file == files[0]
+    assert "fitted on phantom" in first.notes[-1] and loads == []
+    # another job (seed) and another number of epochs: the same warm start
+    second = registry.get_method("inr_qsm", seed=6, **{**params, "epochs": 2})
+    second.prepare([])
+    assert "loaded from cache" in second.notes[-1] and loads == [True]
+    assert second.warm_start_file == first.warm_start_file
+    assert first.init_state.keys() == second.init_state.keys()
+    for k in first.init_state:
+        assert torch.equal(first.init_state[k], second.init_state[k])
+    # the warm-started fit starts from the cached weights and compensates at epoch 0
+    second.reconstruct(small_volume.for_method())
+    assert second.history[0]["compensated"]
+    # another configuration of the weights -> another cache entry
+    third = registry.get_method("inr_qsm", seed=5, **{**params, "lambda_smooth": 0.3})
+    third.prepare([])
+    assert len(list(tmp_path.glob("*.pt"))) == 2
+    # fitting on the training volumes needs some
+    with pytest.raises(ConfigError, match="training volume"):
+        registry.get_method("inr_qsm", **{**params, "warm_start": "train"}).prepare([])
+    trained = registry.get_method("inr_qsm", **{**params, "warm_start": "train"})
+    trained.prepare([small_volume])
+    assert "fitted on train" in trained.notes[-1]
+
+
+def test_bad_parameters_are_config_errors():
+    with pytest.raises(ConfigError, match="warm_start"):
+        registry.get_method("inr_qsm", warm_start="yesterday")
+    with pytest.raises(ConfigError, match="patch_size"):
+        registry.get_method("inr_qsm", **{**TINY, "patch_size": [16, 16]}).reconstruct(contract_volume().for_method())
+
+
+def test_the_package_imports_without_torch():
+    # the registry imports methods/inr_qsm/__init__.py; torch must load only when a method runs
+    import subprocess
+    import sys
+
+    path = registry.BUILTIN_METHODS_DIR / "inr_qsm"
+    code = ("import sys; from qsmbench.registry import load_module_from_file, classes_in_module; "
+            f"m = load_module_from_file({str(path)!r}); "
+            "print(sorted(c.name for c in classes_in_module(m)), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["['inr_qsm',", "'inr_qsm_fast']", "False"]
+    for name in ("inr_qsm", "inr_qsm_fast"):
+        cls = registry.get_method_class(name)
+        assert cls.requirements == ["torch"] and "gpu" in cls.uses
