@@ -1,0 +1,389 @@
+"""uQSM: the unsupervised deep-learning baseline (Liu & Koch, MICCAI MLMIR 2020)."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qsmbench import __version__
+from qsmbench.errors import ConfigError
+from qsmbench.method import Method
+from qsmbench.phantom import PHANTOM_VERSION, make_phantom
+from qsmbench.physics import tilted_b0_dir
+from qsmbench.volume import Volume
+
+log = logging.getLogger(__name__)
+
+#: Bump when the training code changes what a given configuration learns (invalidates caches).
+TRAINING_CODE_VERSION = "1"
+
+#: Parameters that determine the trained weights (the cache key); the others act at inference.
+TRAINING_KEYS = (
+    "width", "levels", "leaky_slope", "field_scale", "kernel_scale", "tv_weight", "patch_size",
+    "min_brain_fraction", "batch_size", "epochs", "steps_per_epoch", "lr", "lr_decay",
+    "train_phantoms", "train_shape_min", "train_shape_max", "train_voxel_size_mm", "train_oversample",
+    "train_max_tilt_deg", "train_b0_tesla", "train_te_s", "train_seed", "use_train_volumes",
+)
+
+# Weights trained in this process, by weights file: the contract tests and benchmarks prepare the
+# same configuration many times.
+_MEMORY: dict[str, dict] = {}
+
+
+def cache_dir() -> Path:
+    """Per-user cache folder of qsmbench: ``$QSMBENCH_CACHE``, else ``$XDG_CACHE_HOME/qsmbench``,
+    else ``~/.cache/qsmbench``."""
+    env = os.environ.get("QSMBENCH_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME")
+    return (Path(base) if base else Path.home() / ".cache") / "qsmbench"
+
+
+def training_hash(config: dict) -> str:
+    """SHA-256 (first 16 hex digits) of the canonical JSON of a training configuration."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def volume_digest(vol: Volume) -> str:
+    """Content hash of what training reads from a volume (field, mask, magnitude, geometry)."""
+    h = hashlib.sha256()
+    for arr in (vol.field_ppm, vol.mask, vol.magnitude):
+        if arr is not None:
+            a = np.ascontiguousarray(arr, dtype=np.float32)
+            h.update(str(a.shape).encode())
+            h.update(a.tobytes())
+    h.update(json.dumps(vol.geometry(), sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def b0_axis_permutation(b0_dir: Sequence[float]) -> tuple[int, int, int]:
+    """Axis order that puts the array axis closest to B0 last (where training put B0).
+
+    A permutation is exact (no interpolation); ``np.transpose(x, perm)`` applies it and
+    ``np.argsort(perm)`` undoes it.
+    """
+    k = int(np.argmax(np.abs(np.asarray(b0_dir, float))))
+    return tuple([i for i in range(3) if i != k] + [k])  # type: ignore[return-value]
+
+
+def _torch_engine():
+    """The torch half (imported only when the method runs).  ``import_module`` rather than
+    ``from . import``: the registry loads this package under a private name whose parent
+    package does not exist, which the relative-import statement needs."""
+    return importlib.import_module(f"{__name__}._engine")
+
+
+def _limit_threads() -> None:
+    """Honour the job's thread count (the runner exports it before torch is imported)."""
+    n = os.environ.get("QSMBENCH_THREADS")
+    if n:
+        import torch  # noqa: PLC0415
+
+        torch.set_num_threads(max(1, int(n)))
+
+
+class UQSM(Method):
+    """uQSM: a 3-D U-Net trained without susceptibility labels, applied in one pass.
+
+    Liu J, Koch KM. Model-based learning for quantitative susceptibility mapping. MICCAI
+    workshop MLMIR 2020 (arXiv:2004.06259).  The INR-QSM paper (Zhang et al. 2024) compares
+    against an unsupervised deep-learning method trained across subjects with a physics loss on
+    patches; that this method is uQSM is **not confirmed** -- uQSM is qsmbench's stand-in for
+    that role.
+
+    Network
+        ``levels`` (5) levels with ``width * 2**l`` channels (24-48-96-192-384), one 3x3x3
+        convolution + LeakyReLU per level and direction, max pooling, nearest-neighbour
+        upsampling with skip concatenation, a 1x1x1 linear output ``o``.
+    Scaling (as in the paper)
+        The network sees ``field_scale * f`` (``100 f_ppm``) inside the mask; its output is in
+        units where the dipole kernel is ``kernel_scale * D`` (``3 D``), so
+        ``chi_ppm = kernel_scale * o / field_scale`` (``3 o / 100``).  ``D(0) = 0``.
+    Loss (unsupervised, per training patch)
+        ``mean_voxels W^2 |e^{i phi} - e^{i phi_model}|^2 + tv_weight * TV1(o)`` with
+        ``phi = ppm_to_rad(f)`` and ``phi_model = ppm_to_rad(F^-1[3 D F(m o)] / 100)``, i.e. the
+        phase each field accrues at the training volume's own B0 and TE (nothing hard-coded:
+        for 3 T and 25 ms one ppm is 20.06 rad).  ``W = m * magnitude / max(magnitude in m)``
+        (``W = m`` without magnitude); TV1 is the anisotropic TV of ``o`` (per-voxel forward
+        differences, averaged over voxels).  The dipole kernel is built for the *patch* grid with
+        the volume's voxel size and B0 direction and applied by circular FFT without padding:
+        the non-local shortcut that INR-QSM's phase compensation addresses.  It is kept on
+        purpose: this is the baseline.
+    Training (``prepare``, untimed)
+        Unlabelled fields only: ``train_phantoms`` embedded head phantoms with seeds and shapes
+        drawn from ``train_seed`` (each axis uniform in ``[train_shape_min, train_shape_max]``,
+        voxel size ``train_voxel_size_mm``, B0 tilted by up to ``train_max_tilt_deg`` about a
+        random transverse axis, acquisition ``train_b0_tesla``/``train_te_s``), plus the
+        volumes passed to ``prepare`` when ``use_train_volumes`` (the dataset's own fields, with
+        their own geometry, B0 and TE).  No reference chi is ever read.  Random
+        ``patch_size``-cubes with more than ``min_brain_fraction`` brain, Adam with learning rate
+        ``lr`` times ``lr_decay`` per epoch, ``epochs`` x ``steps_per_epoch`` steps of
+        ``batch_size`` patches.
+    Generalisation
+        TE and B0 enter only the data term's phase (per training volume) -- the network maps
+        ppm to ppm, so it applies unchanged to any acquisition.  Isotropic voxel size does not
+        change the dipole kernel on the voxel grid, so any isotropic size is covered; the data
+        term uses the true (possibly anisotropic) voxel size of each training volume and
+        ``train_voxel_size_mm`` sets the phantoms' anisotropy.  For B0, the array axis closest to
+        ``b0_dir`` is moved last at inference (an exact axis permutation, undone on the output),
+        and ``train_max_tilt_deg`` trains on tilted fields; the network itself is not told
+        ``b0_dir``, so a strong obliquity outside the trained range is out of distribution.
+    Cache
+        Weights live in ``cache_dir()/uqsm/<hash>.pt`` (``$QSMBENCH_CACHE``, default
+        ``~/.cache/qsmbench``) with a JSON sidecar; the hash covers every parameter in
+        :data:`TRAINING_KEYS`, the phantom and training-code versions, the qsmbench version and a
+        content hash of the training volumes -- not the device or the job seed, so one training
+        serves every job.  Written atomically, read with ``torch.load(weights_only=True)``.
+        ``cache=False`` trains every time.
+    Inference (``reconstruct``, timed)
+        The whole masked field, zero-padded to a multiple of ``2**(levels-1)`` (16), in one
+        forward pass on ``self.device``; returns ``m * chi_ppm``.
+
+    Parameters
+    ----------
+    width, levels, leaky_slope : network (LeakyReLU slope not stated in the paper: 0.1).
+    field_scale, kernel_scale : the paper's scaling (100 and 3).
+    tv_weight : weight of TV1(o) (0.001).
+    patch_size, min_brain_fraction, batch_size, epochs, steps_per_epoch, lr, lr_decay : training
+        (96, 0.5, -, 10, -, 1e-4, 0.8; batch size and patches per epoch are not stated: 2, 1000).
+    train_* , use_train_volumes : the training data (above).
+    cache : read/write the weights cache.
+
+    Profiles: ``paper`` (the defaults: published settings, meant for a GPU); ``quick`` (CI and
+    the offline default run: 8-16-32-64-128 channels, 48^3 patches, 6 epochs x 50 steps of 2
+    patches at learning rate 1e-3, 8 phantoms of 64-96 voxels per axis; about a minute on 2 idle
+    CPU cores, several on a busy one); ``cpu`` (12 channels, 10 x 60 steps, 12 phantoms of
+    64-112 voxels: a few minutes on 2 idle cores).  Patches smaller than about 48^3 train *worse*
+    the longer they train on these phantoms (the patch-circular data term then rewards spurious
+    sources), so even ``quick`` keeps 48^3.
+    """
+
+    name = "uqsm"
+    parameters = {
+        "width": 24,
+        "levels": 5,
+        "leaky_slope": 0.1,
+        "field_scale": 100.0,
+        "kernel_scale": 3.0,
+        "tv_weight": 1e-3,
+        "patch_size": 96,
+        "min_brain_fraction": 0.5,
+        "batch_size": 2,
+        "epochs": 10,
+        "steps_per_epoch": 1000,
+        "lr": 1e-4,
+        "lr_decay": 0.8,
+        "train_phantoms": 24,
+        "train_shape_min": 144,
+        "train_shape_max": 176,
+        "train_voxel_size_mm": [1.0, 1.0, 1.0],
+        "train_oversample": 2,
+        "train_max_tilt_deg": 0.0,
+        "train_b0_tesla": 3.0,
+        "train_te_s": 0.025,
+        "train_seed": 0,
+        "use_train_volumes": True,
+        "cache": True,
+    }
+    profiles = {
+        "paper": {},
+        "cpu": {"width": 12, "patch_size": 48, "batch_size": 2, "epochs": 10, "steps_per_epoch": 60,
+                "lr": 1e-3, "train_phantoms": 12, "train_shape_min": 64, "train_shape_max": 112,
+                "train_oversample": 1},
+        "quick": {"width": 8, "patch_size": 48, "batch_size": 2, "epochs": 6, "steps_per_epoch": 50,
+                  "lr": 1e-3, "train_phantoms": 8, "train_shape_min": 64, "train_shape_max": 96,
+                  "train_oversample": 1},
+    }
+    requirements = ["torch"]
+    uses = {"magnitude", "gpu", "training"}
+    references = [
+        "Liu J, Koch KM. Model-based learning for quantitative susceptibility mapping. Machine "
+        "Learning for Medical Image Reconstruction (MLMIR, MICCAI workshop) 2020. arXiv:2004.06259. "
+        "doi:10.48550/arXiv.2004.06259",
+        "Zhang M et al. Unsupervised learning of the susceptibility map with implicit neural "
+        "representation (INR-QSM). Medical Image Analysis 2024;95:103173. "
+        "doi:10.1016/j.media.2024.103173",
+    ]
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self._check_parameters()
+        self._net = None
+        #: What ``prepare`` did (hash, weights file, trained or loaded, timings, loss history).
+        self.training_record: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ parameters
+    def _check_parameters(self) -> None:
+        p = self.params
+        for key in ("width", "levels", "patch_size", "batch_size", "epochs", "steps_per_epoch",
+                    "train_shape_min", "train_oversample"):
+            if p[key] < 1:
+                raise ConfigError(f"uqsm: parameter '{key}' must be >= 1, got {p[key]}")
+        if p["patch_size"] % 2 ** (p["levels"] - 1):
+            raise ConfigError(f"uqsm: patch_size ({p['patch_size']}) must be a multiple of "
+                              f"2**(levels-1) = {2 ** (p['levels'] - 1)}")
+        if p["train_phantoms"] < 0 or p["train_shape_max"] < p["train_shape_min"] or p["train_shape_min"] < 8:
+            raise ConfigError("uqsm: need train_phantoms >= 0 and 8 <= train_shape_min <= train_shape_max, got "
+                              f"{p['train_phantoms']}, {p['train_shape_min']}, {p['train_shape_max']}")
+        if not 0.0 <= p["min_brain_fraction"] < 1.0:
+            raise ConfigError(f"uqsm: min_brain_fraction must be in [0, 1), got {p['min_brain_fraction']}")
+        for key in ("field_scale", "kernel_scale", "lr", "lr_decay", "train_b0_tesla", "train_te_s"):
+            if not p[key] > 0:
+                raise ConfigError(f"uqsm: parameter '{key}' must be positive, got {p[key]}")
+        if p["tv_weight"] < 0 or not 0 <= p["train_max_tilt_deg"] <= 90:
+            raise ConfigError("uqsm: tv_weight must be >= 0 and train_max_tilt_deg in [0, 90]")
+        try:
+            vs = [float(v) for v in p["train_voxel_size_mm"]]
+        except (TypeError, ValueError):
+            vs = []
+        if len(vs) != 3 or not all(v > 0 for v in vs):
+            raise ConfigError(f"uqsm: train_voxel_size_mm must be three positive numbers, got "
+                              f"{p['train_voxel_size_mm']!r}")
+        p["train_voxel_size_mm"] = vs
+
+    def training_config(self, train: Sequence[Volume] = ()) -> dict[str, Any]:
+        """Everything that determines the trained weights (hashed into the cache key)."""
+        p = self.params
+        return {
+            "method": self.name,
+            "training_code_version": TRAINING_CODE_VERSION,
+            "qsmbench_version": __version__,
+            "phantom_version": PHANTOM_VERSION,
+            "params": {k: p[k] for k in TRAINING_KEYS},
+            "train_volumes": [volume_digest(v) for v in train] if p["use_train_volumes"] else [],
+        }
+
+    def weights_path(self, train: Sequence[Volume] = ()) -> Path:
+        return cache_dir() / "uqsm" / f"{training_hash(self.training_config(train))}.pt"
+
+    # ------------------------------------------------------------------ training data
+    def phantom_specs(self) -> list[dict[str, Any]]:
+        """Seeds, shapes and B0 directions of the training phantoms (drawn from ``train_seed``)."""
+        p = self.params
+        rng = np.random.default_rng([p["train_seed"], 0x75514D])
+        specs = []
+        for _ in range(p["train_phantoms"]):
+            shape = tuple(int(n) for n in rng.integers(p["train_shape_min"], p["train_shape_max"] + 1, 3))
+            seed = int(rng.integers(1_000_000, 2**31 - 1))  # far from the small seeds datasets use
+            b0 = (0.0, 0.0, 1.0)
+            if p["train_max_tilt_deg"] > 0:
+                theta = float(rng.uniform(0.0, p["train_max_tilt_deg"]))
+                phi = float(rng.uniform(0.0, 2 * np.pi))
+                b0 = tuple(float(x) for x in tilted_b0_dir(theta, axis=(np.cos(phi), np.sin(phi), 0.0)))
+            specs.append({"shape": shape, "seed": seed, "b0_dir": b0})
+        return specs
+
+    def _training_volumes(self, train: Sequence[Volume]):
+        engine = _torch_engine()
+        p = self.params
+        out = []
+
+        def add(v: Volume, what: str):
+            tv, frac = engine.as_train_volume(v.field_ppm, v.mask, v.magnitude, v.voxel_size_mm, v.b0_dir,
+                                              v.b0_tesla, v.te_s, patch=p["patch_size"],
+                                              min_fraction=p["min_brain_fraction"])
+            if frac <= p["min_brain_fraction"]:
+                self.notes.append(f"{what}: no {p['patch_size']}^3 patch holds > {p['min_brain_fraction']:.0%} "
+                                  f"brain; used the best ones ({frac:.0%})")
+            out.append(tv)
+
+        for spec in self.phantom_specs():
+            vol = make_phantom(spec["shape"], p["train_voxel_size_mm"], seed=spec["seed"], b0_dir=spec["b0_dir"],
+                               b0_tesla=p["train_b0_tesla"], te_s=p["train_te_s"],
+                               oversample=p["train_oversample"])
+            add(vol, f"training phantom seed {spec['seed']}")
+        if p["use_train_volumes"]:
+            for v in train:
+                add(v, f"training volume '{v.name}'")
+        if not out:
+            raise ConfigError("uqsm: no training data (train_phantoms = 0 and no training volumes)")
+        return out
+
+    # ------------------------------------------------------------------ the contract
+    def prepare(self, train: Sequence[Volume] = ()) -> None:
+        """Load the cached weights of this training configuration, or train and cache them."""
+        engine = _torch_engine()
+        _limit_threads()
+        p = self.params
+        train = list(train) if p["use_train_volumes"] else []
+        config = self.training_config(train)
+        key = training_hash(config)
+        path = cache_dir() / "uqsm" / f"{key}.pt"
+        record = {"hash": key, "weights": str(path), "trained": False}
+        state = None
+        if p["cache"]:
+            state = _MEMORY.get(str(path)) or self._load(path)
+        if state is None:
+            t0 = time.perf_counter()
+            volumes = self._training_volumes(train)
+            data_s = time.perf_counter() - t0
+            state, rec = engine.train(p, volumes, device=self.device, seed=p["train_seed"])
+            record.update(trained=True, data_s=data_s, train_s=rec["train_s"], history=rec["history"],
+                          device=self.device, n_volumes=len(volumes))
+            self.notes.append(f"trained uqsm in {data_s + rec['train_s']:.1f} s on {self.device} "
+                              f"(final loss {rec['history'][-1]['loss']:.4g})")
+            if p["cache"]:
+                self._save(path, state, config, record)
+        else:
+            self.notes.append(f"uqsm weights from the cache ({path.name})")
+        if p["cache"]:
+            _MEMORY[str(path)] = state
+        net = engine.build_net(p)
+        net.load_state_dict(state)
+        self._net = net.to(self.device).eval()
+        self.training_record = record
+
+    def reconstruct(self, vol: Volume) -> np.ndarray:
+        if self._net is None:
+            self.prepare([])
+        _limit_threads()
+        perm = b0_axis_permutation(vol.b0_dir)
+        field = np.transpose(vol.field_ppm, perm)
+        mask = np.transpose(vol.mask, perm)
+        chi = _torch_engine().infer(self._net, field, mask, field_scale=self.params["field_scale"],
+                              kernel_scale=self.params["kernel_scale"], device=self.device)
+        return np.ascontiguousarray(np.transpose(chi, np.argsort(perm)))
+
+    # ------------------------------------------------------------------ cache
+    def _load(self, path: Path) -> dict | None:
+        if not path.is_file():
+            return None
+        import torch  # noqa: PLC0415
+
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a truncated or foreign file: train again and replace it
+            self.notes.append(f"cached weights {path} unreadable ({type(exc).__name__}: {exc}); retrained")
+            log.warning("uqsm: cannot read %s (%s); training again", path, exc)
+            return None
+
+    def _save(self, path: Path, state: dict, config: dict, record: dict) -> None:
+        import torch  # noqa: PLC0415
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sidecar = {"config": config, "record": record, "torch": torch.__version__}
+        umask = os.umask(0)
+        os.umask(umask)  # mkstemp makes 0600 files; a shared cache wants the usual permissions
+        for target, write in ((path.with_suffix(".json"), lambda fh: fh.write(json.dumps(sidecar, indent=1).encode())),
+                              (path, lambda fh: torch.save(state, fh))):
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    write(fh)
+                os.chmod(tmp, 0o666 & ~umask)
+                os.replace(tmp, target)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise

@@ -1,0 +1,250 @@
+"""uQSM: the unsupervised loss, scaling/units, the weights cache, inference and determinism.
+
+Tiny settings on CPU; every test uses its own temporary cache ($QSMBENCH_CACHE), never the
+user's.
+"""
+
+import importlib
+
+import numpy as np
+import pytest
+
+from qsmbench import registry
+from qsmbench.contract import contract_volume
+from qsmbench.physics import dipole_kernel, ppm_to_rad
+
+torch = pytest.importorskip("torch")
+
+TINY = {"width": 2, "levels": 3, "patch_size": 16, "batch_size": 1, "epochs": 2, "steps_per_epoch": 2,
+        "lr": 1e-3, "train_phantoms": 1, "train_shape_min": 24, "train_shape_max": 28, "train_oversample": 1}
+
+
+@pytest.fixture
+def uqsm(tmp_path, monkeypatch):
+    """(method class, its package, its torch engine) with a private, empty weights cache."""
+    monkeypatch.setenv("QSMBENCH_CACHE", str(tmp_path / "cache"))
+    cls = registry.get_method_class("uqsm")
+    pkg = importlib.import_module(cls.__module__)
+    engine = importlib.import_module(cls.__module__ + "._engine")
+    pkg._MEMORY.clear()
+    yield cls, pkg, engine
+    pkg._MEMORY.clear()
+
+
+def tiny(cls, seed=0, **kw):
+    return cls(profile="quick", seed=seed, device="cpu", **{**TINY, **kw})
+
+
+# --------------------------------------------------------------------------- loss and units
+def test_data_term_is_zero_for_a_chi_whose_field_equals_the_input(uqsm):
+    _, _, engine = uqsm
+    rng = np.random.default_rng(0)
+    # odd sizes: with an oblique B0, full and half-spectrum FFTs differ on even Nyquist planes
+    shape, voxel, b0 = (15, 17, 13), (1.0, 1.2, 0.9), (0.2, 0.1, 1.0)
+    b0_t, te = 7.0, 0.012
+    field_scale, kernel_scale = 100.0, 3.0
+    chi_ppm = rng.normal(size=shape) * 0.05
+    grid = np.meshgrid(*[np.arange(n) - n / 2 for n in shape], indexing="ij")
+    mask = sum(g**2 for g in grid) < 6.0**2
+    # the measured field of the masked chi on the patch grid (circular, D(0) = 0), in numpy;
+    # chi outside the mask is not a source of the local field (the model masks o too)
+    d = dipole_kernel(shape, voxel, b0, d0=0.0)
+    field_ppm = np.fft.ifftn(d * np.fft.fftn(chi_ppm * mask)).real
+    phase = torch.tensor(ppm_to_rad(field_ppm, b0_t, te), dtype=torch.float32)[None, None]
+    # the network output that represents chi: o = 100 chi / 3
+    o = torch.tensor(chi_ppm * field_scale / kernel_scale, dtype=torch.float32)[None, None]
+    kernel = engine.patch_kernel(shape, voxel, b0, kernel_scale)
+    rad_per_unit = torch.tensor([ppm_to_rad(1.0, b0_t, te) / field_scale])
+    m = torch.tensor(mask, dtype=torch.float32)[None, None]
+    w = torch.ones_like(o)  # the phase must match everywhere, outside the mask too
+    assert engine.data_term(o, phase, w, m, kernel, rad_per_unit).item() < 1e-9
+    # and clearly positive for another chi
+    assert engine.data_term(0.5 * o, phase, w, m, kernel, rad_per_unit).item() > 1e-3
+
+
+def test_data_term_of_a_constant_phase_offset_is_two_minus_two_cos(uqsm):
+    _, _, engine = uqsm
+    shape = (8, 8, 8)
+    o = torch.zeros((1, 1, *shape))
+    kernel = engine.patch_kernel(shape, (1, 1, 1), (0, 0, 1), 3.0)
+    delta = 0.7
+    phase = torch.full_like(o, delta)
+    w = torch.full_like(o, 0.5)
+    value = engine.data_term(o, phase, w, torch.ones_like(o), kernel, torch.tensor([0.2])).item()
+    assert value == pytest.approx(0.25 * (2 - 2 * np.cos(delta)), rel=1e-6)
+
+
+def test_total_variation_of_a_ramp(uqsm):
+    _, _, engine = uqsm
+    n = (6, 5, 4)
+    ramp = torch.arange(n[0], dtype=torch.float32).view(1, 1, n[0], 1, 1).expand(1, 1, *n) * 0.3
+    # forward differences: 0.3 on (n0 - 1) * n1 * n2 voxel pairs along axis 0, zero elsewhere
+    assert engine.total_variation(ramp).item() == pytest.approx(0.3 * 5 * 5 * 4 / (6 * 5 * 4))
+
+
+def test_magnitude_weight_is_normalised_inside_the_mask(uqsm):
+    _, _, engine = uqsm
+    mag = np.array([[[1.0, 4.0, 9.0]]])
+    mask = np.array([[[True, True, False]]])
+    np.testing.assert_allclose(engine.magnitude_weight(mag, mask), [[[0.25, 1.0, 0.0]]])
+    np.testing.assert_array_equal(engine.magnitude_weight(None, mask), mask.astype(np.float32))
+
+
+def test_patches_hold_more_than_half_brain(uqsm):
+    _, _, engine = uqsm
+    mask = np.zeros((20, 20, 20), bool)
+    mask[5:15, 5:15, 5:15] = True  # 1000 voxels; an 8^3 patch (512) > 50 % brain near the centre
+    corners, frac = engine.patch_corners(mask, 8, 0.5)
+    assert frac > 0.5 and len(corners)
+    for c in corners:
+        box = tuple(slice(int(i), int(i) + 8) for i in c)
+        assert mask[box].mean() > 0.5
+    # brute force: every position above 50 % is listed
+    n_ok = sum(mask[i:i + 8, j:j + 8, k:k + 8].mean() > 0.5
+               for i in range(13) for j in range(13) for k in range(13))
+    assert n_ok == len(corners)
+
+
+def test_loss_decreases_over_a_few_steps(uqsm):
+    cls, _, engine = uqsm
+    m = tiny(cls)
+    p = m.params
+    volumes = m._training_volumes([])
+    torch.manual_seed(0)
+    net = engine.build_net(p)
+    sampler = engine.PatchSampler(volumes, p["patch_size"], p["field_scale"], p["kernel_scale"],
+                                  np.random.default_rng(0))
+    batch = sampler.batch(2, "cpu")
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(15):
+        loss, _, _ = engine.loss_terms(net, batch, p["tv_weight"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+
+
+# --------------------------------------------------------------------------- inference
+class _Identity(torch.nn.Module):
+    multiple = 16
+
+    def forward(self, x):
+        assert all(n % 16 == 0 for n in x.shape[-3:])
+        return x
+
+
+def test_inference_scaling_shape_and_mask(uqsm):
+    """With an identity network, chi = kernel_scale * (field_scale * f) / field_scale = 3 f in the mask."""
+    cls, _, _ = uqsm
+    m = tiny(cls)
+    m._net = _Identity()
+    vol = contract_volume()  # 24 x 24 x 20: padded to 32^3 and cropped back
+    chi = m.reconstruct(vol.for_method())
+    assert chi.shape == vol.shape and chi.dtype == np.float32
+    np.testing.assert_allclose(chi, 3.0 * vol.field_ppm * vol.mask, rtol=1e-6, atol=1e-9)
+    assert not chi[~vol.mask].any()
+
+
+def test_b0_axis_permutation_moves_b0_last_and_back(uqsm):
+    _, pkg, _ = uqsm
+    assert pkg.b0_axis_permutation((0, 0, 1)) == (0, 1, 2)
+    assert pkg.b0_axis_permutation((0.9, 0.1, 0.3)) == (1, 2, 0)
+    assert pkg.b0_axis_permutation((0.1, -0.9, 0.3)) == (0, 2, 1)
+    x = np.arange(24).reshape(2, 3, 4)
+    perm = pkg.b0_axis_permutation((1, 0, 0))
+    assert np.transpose(x, perm).shape == (3, 4, 2)
+    np.testing.assert_array_equal(np.transpose(np.transpose(x, perm), np.argsort(perm)), x)
+
+
+def test_trained_reconstruction_is_masked_finite_ppm(uqsm):
+    cls, _, _ = uqsm
+    m = tiny(cls)
+    m.prepare([])
+    vol = contract_volume()
+    chi = m.reconstruct(vol.for_method())
+    assert chi.shape == vol.shape and np.all(np.isfinite(chi))
+    assert not chi[~vol.mask].any()
+    assert np.abs(chi).max() < 10.0  # ppm, not ppb or network units
+
+
+# --------------------------------------------------------------------------- cache and determinism
+def test_cache_is_reused_on_a_second_prepare(uqsm, monkeypatch):
+    cls, pkg, engine = uqsm
+    first = tiny(cls)
+    first.prepare([])
+    assert first.training_record["trained"]
+    path = first.weights_path()
+    assert path.is_file() and path.with_suffix(".json").is_file()
+    assert str(path).startswith(str(pkg.cache_dir()))
+
+    pkg._MEMORY.clear()  # force the disk cache
+
+    def no_training(*a, **k):
+        raise AssertionError("trained again although the weights are cached")
+
+    monkeypatch.setattr(engine, "train", no_training)
+    second = tiny(cls, seed=123)  # another job seed: same training configuration
+    second.prepare([])
+    assert not second.training_record["trained"]
+    assert any("from the cache" in n for n in second.notes)
+    vol = contract_volume().for_method()
+    np.testing.assert_array_equal(first.reconstruct(vol), second.reconstruct(vol))
+
+
+def test_training_configuration_changes_the_cache_key(uqsm):
+    cls, _, _ = uqsm
+    base = tiny(cls).weights_path()
+    assert tiny(cls, seed=5).weights_path() == base  # the job seed does not matter
+    assert tiny(cls, train_seed=1).weights_path() != base
+    assert tiny(cls, width=3).weights_path() != base
+    vol = contract_volume()
+    assert tiny(cls).weights_path([vol]) != base  # the dataset's own fields count
+    assert tiny(cls, use_train_volumes=False).weights_path([vol]) == tiny(cls, use_train_volumes=False).weights_path()
+
+
+def test_unreadable_cache_file_is_retrained(uqsm):
+    cls, pkg, _ = uqsm
+    m = tiny(cls)
+    path = m.weights_path()
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not a torch file")
+    m.prepare([])
+    assert m.training_record["trained"]
+    assert any("unreadable" in n for n in m.notes)
+    pkg._MEMORY.clear()
+    again = tiny(cls)
+    again.prepare([])
+    assert not again.training_record["trained"]
+
+
+def test_deterministic_with_a_fixed_seed(uqsm):
+    cls, _, _ = uqsm
+    vol = contract_volume().for_method()
+    outs = []
+    for _ in range(2):
+        m = tiny(cls, cache=False)
+        m.prepare([])
+        assert m.training_record["trained"]
+        outs.append(m.reconstruct(vol))
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_training_phantoms_never_use_small_dataset_seeds(uqsm):
+    cls, _, _ = uqsm
+    specs = tiny(cls, train_phantoms=20, train_max_tilt_deg=20.0).phantom_specs()
+    assert len({s["seed"] for s in specs}) == 20 and min(s["seed"] for s in specs) >= 1_000_000
+    tilts = [np.degrees(np.arccos(abs(s["b0_dir"][2]))) for s in specs]
+    assert max(tilts) <= 20.0 + 1e-9 and max(tilts) > 1.0
+    assert all(24 <= n <= 28 for s in specs for n in s["shape"])
+
+
+def test_bad_parameters_are_config_errors(uqsm):
+    cls, _, _ = uqsm
+    from qsmbench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="patch_size"):
+        tiny(cls, patch_size=18)  # levels 3: multiples of 4
+    with pytest.raises(ConfigError, match="train_voxel_size_mm"):
+        tiny(cls, train_voxel_size_mm=[1.0, 0.0, 1.0])
