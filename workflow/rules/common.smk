@@ -71,3 +71,25 @@ def manifest_inputs(wildcards):
     if m.source_type == "local":
         files += [str(m.local_path(f)) for f in m.files if not f.optional or m.local_path(f).exists()]
     return files
+
+
+def reconstruct_uses_gpu(wildcards):
+    """True for a run whose method declares "gpu" in its ``uses`` (INR-QSM, uQSM, ...)."""
+    from qsmbench.errors import MethodError  # noqa: PLC0415
+    from qsmbench.registry import get_method_class  # noqa: PLC0415
+
+    try:
+        cls = get_method_class(RUNS[wildcards.run]["method"], extra_dirs=config.get("method_dirs", []))
+    except MethodError:  # unavailable (e.g. no torch): the run fails fast, on the CPU
+        return False
+    return "gpu" in cls.uses
+
+
+def reconstruct_gpus(wildcards):
+    """GPUs to request for a reconstruction: 1 for a GPU-capable method unless device is cpu."""
+    return int(reconstruct_uses_gpu(wildcards) and config.get("device", "auto") != "cpu")
+
+
+def reconstruct_mem_mb(wildcards):
+    """More memory for the GPU-capable (deep-learning) methods, which also run on the CPU."""
+    return 16000 if reconstruct_uses_gpu(wildcards) else 6000

@@ -1,6 +1,7 @@
 rule reconstruct:
     input:
         volume_meta,
+        pretrained=lambda wildcards: PRETRAINED.get(wildcards.run, []),  # pretrain.smk
     output:
         "results/recon/{dataset}/{perturbation}/{run}/run.json",
     params:
@@ -13,7 +14,8 @@ rule reconstruct:
         ENV
     threads: config.get("threads", 1)
     resources:
-        mem_mb=6000,
+        mem_mb=reconstruct_mem_mb,
+        gpu=reconstruct_gpus,
         runtime=60,
     script:
         "../scripts/reconstruct.py"
