@@ -1,10 +1,19 @@
 """Shared fixtures: tiny volumes built in memory (no network, no GPU)."""
 
+import os
+import tempfile
+
 import numpy as np
 import pytest
 
 from qsmbench import registry
 from qsmbench.contract import contract_volume
+
+
+def pytest_configure(config):
+    """Trained weights (uQSM, INR warm starts) go to a private cache, never the user's."""
+    if "QSMBENCH_CACHE" not in os.environ:
+        os.environ["QSMBENCH_CACHE"] = tempfile.mkdtemp(prefix="qsmbench-test-cache-")
 
 
 @pytest.fixture

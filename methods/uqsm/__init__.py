@@ -353,7 +353,7 @@ class UQSM(Method):
         field = np.transpose(vol.field_ppm, perm)
         mask = np.transpose(vol.mask, perm)
         chi = _torch_engine().infer(self._net, field, mask, field_scale=self.params["field_scale"],
-                              kernel_scale=self.params["kernel_scale"], device=self.device)
+                                    kernel_scale=self.params["kernel_scale"], device=self.device)
         return np.ascontiguousarray(np.transpose(chi, np.argsort(perm)))
 
     # ------------------------------------------------------------------ cache
