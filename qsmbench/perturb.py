@@ -372,12 +372,6 @@ def expand_item(item: str | Mapping[str, Any]) -> list[list[dict[str, Any]]]:
 
 
 # --------------------------------------------------------------------------- k-space and footprints
-def _drop_nyquist(x: np.ndarray) -> np.ndarray:
-    from .phantom import _drop_nyquist as drop  # noqa: PLC0415 - one implementation of the convention
-
-    return drop(x)
-
-
 def crop_kspace(x: np.ndarray, new_shape: Sequence[int]) -> np.ndarray:
     """``x`` on a coarser grid of the same field of view by k-space cropping.
 
@@ -385,7 +379,7 @@ def crop_kspace(x: np.ndarray, new_shape: Sequence[int]) -> np.ndarray:
     dropped as the phantom does (so an oblique dipole kernel stays consistent there).  Computed
     in float64.
     """
-    return _drop_nyquist(physics.kspace_resample(np.asarray(x, dtype=np.float64), new_shape))
+    return physics.kspace_resample(np.asarray(x, dtype=np.float64), new_shape, drop_nyquist=True)
 
 
 def footprint_weights(n_old: int, n_new: int) -> np.ndarray:

@@ -22,7 +22,7 @@ fine sample coincides with a target voxel centre -- the sample layout that
 :func:`qsmbench.physics.kspace_resample` (DFT resampling) assumes.  The local field is the field
 of ``chi * brain`` only (chi outside the brain is background field and not simulated), computed
 on the fine grid with zero padding and ``D(0) = 0``; chi and field are then brought to the
-target grid by k-space cropping (Nyquist planes of even axes dropped, see :func:`_drop_nyquist`)
+target grid by k-space cropping (Nyquist planes of even axes dropped, see :func:`qsmbench.physics.kspace_resample`)
 and multiplied by the target mask.  The target mask and labels
 are rasterised directly at the target voxel centres (exact analytic shapes, no resampling
 threshold to choose).  ``oversample=1`` skips the fine grid: the field is then the exact
@@ -399,25 +399,6 @@ def _smooth_noise(rng: np.random.Generator, shape: Sequence[int], oversample: in
     return scipy.fft.irfftn(big, s=fine, workers=-1).astype(np.float32, copy=False)
 
 
-def _drop_nyquist(x: np.ndarray) -> np.ndarray:
-    """Zero the Nyquist planes of even-sized axes.
-
-    The target grid's Nyquist sample stands for both +k_N and -k_N; with an oblique B0 the dipole
-    kernel differs there (D(+k_N) != D(-k_N)), so a k-space-cropped field cannot match any chi at
-    that frequency.  Dropping the plane from both chi and field keeps the pair consistent (it
-    halves the misfit for oblique B0 on even grids and changes nothing visible otherwise).
-    """
-    if all(n % 2 for n in x.shape):
-        return x
-    spec = scipy.fft.rfftn(x, workers=-1)
-    for ax, n in enumerate(x.shape):
-        if n % 2 == 0:
-            idx = [slice(None)] * 3
-            idx[ax] = n // 2
-            spec[tuple(idx)] = 0
-    return scipy.fft.irfftn(spec, s=x.shape, workers=-1).astype(x.dtype, copy=False)
-
-
 def _box_downsample(x: np.ndarray, oversample: int) -> np.ndarray:
     """Average each target voxel's footprint on the fine grid (partial-volume magnitude).
 
@@ -532,9 +513,9 @@ def make_phantom(shape: Sequence[int] = (64, 64, 64),
     if oversample == 1:
         chi, field = chi_fine, field_fine
     else:
-        field = _drop_nyquist(physics.kspace_resample(field_fine, shape))
+        field = physics.kspace_resample(field_fine, shape, drop_nyquist=True)
         del field_fine
-        chi = _drop_nyquist(physics.kspace_resample(chi_fine, shape))
+        chi = physics.kspace_resample(chi_fine, shape, drop_nyquist=True)
     del chi_fine
     chi = (chi * mask).astype(np.float32)
     field = (field * mask).astype(np.float32)

@@ -248,13 +248,18 @@ def forward_field(chi_ppm: np.ndarray, voxel_size_mm: Sequence[float] = (1.0, 1.
         pad_factor=pad_factor, workers=workers)
 
 
-def kspace_resample(x: np.ndarray, new_shape: Sequence[int]) -> np.ndarray:
+def kspace_resample(x: np.ndarray, new_shape: Sequence[int], *, drop_nyquist: bool = False) -> np.ndarray:
     """Resample a real 3-D array to ``new_shape`` by cropping (or zero-filling) its spectrum.
 
     The physical field of view is kept: the voxel size scales by ``old/new`` per axis.  The
     spectrum is centred, cropped/padded symmetrically around DC, and rescaled so the mean is
     preserved.  Even-sized Nyquist samples are split (zero-filling) or summed (cropping) so the
     result stays real and cropping inverts zero-filling exactly.
+
+    ``drop_nyquist=True`` zeroes the Nyquist planes of the even output axes.  That sample stands
+    for both +k_N and -k_N; with an oblique B0 the dipole kernel differs there, so a cropped
+    field cannot match any chi at that frequency -- dropping the plane from both keeps a
+    (chi, field) pair consistent (used by the phantom and the resolution perturbation).
     """
     x = np.asarray(x)
     if x.ndim != 3 or len(new_shape) != 3:
@@ -268,6 +273,11 @@ def kspace_resample(x: np.ndarray, new_shape: Sequence[int]) -> np.ndarray:
     out = spec
     for axis, (n_old, n_new) in enumerate(zip(x.shape, new_shape)):
         out = _centre_resize_axis(out, axis, n_old, n_new)
+    if drop_nyquist:
+        out = out.copy() if out is spec else out
+        for axis, n_new in enumerate(new_shape):
+            if n_new % 2 == 0:  # after fftshift the Nyquist sample -n/2 sits at index 0
+                out[(slice(None),) * axis + (0,)] = 0
     y = np.fft.ifftn(np.fft.ifftshift(out)).real
     y *= np.prod(new_shape) / np.prod(x.shape)
     return y.astype(x.dtype if np.issubdtype(x.dtype, np.floating) else np.float64, copy=False)
