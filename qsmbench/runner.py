@@ -220,6 +220,9 @@ def run_method(method: str | Method, vol: Volume, *, params: Mapping[str, Any] |
 def set_threads(n: int) -> None:
     """Limit the FFTs (and torch, when loaded) to ``n`` threads, as the scheduler granted."""
     set_fft_workers(n)
+    # torch (imported later, by the method) reads OMP_NUM_THREADS at import; one already loaded
+    # is limited directly.
+    os.environ["OMP_NUM_THREADS"] = str(n)
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.set_num_threads(n)
