@@ -36,6 +36,20 @@ parameter_types : dict[str, type]
     The type of each parameter whose default is ``None``.
 profiles : dict[str, dict]
     Named parameter sets (e.g. ``{"quick": {...}, "paper": {...}}``) layered on the defaults.
+tuned_on : dict or None
+    How the defaults were chosen when they were tuned on data (``None``: taken from the paper).
+    E.g. ``{"what": "regularisation weights", "phantom_model": "mni", "seeds": [2000017, ...]}``
+    -- the seeds must come from the reserved tuning range (:mod:`qsmbench.seeds`).  Copied into
+    every ``run.json`` and shown in the report's method table.
+
+Instance attributes set by a method
+-----------------------------------
+trained_on : dict or None
+    Set in ``prepare`` by a method that learns across subjects: what it was trained on, e.g.
+    ``{"phantom_model": "mni", "phantom_version": "2", "seeds": [...], "volumes": [...]}`` (seeds from
+    the reserved training range).  Copied into ``run.json`` and shown in the report.
+notes : list[str]
+    Free-form remarks copied into ``run.json``.
 """
 
 from __future__ import annotations
@@ -63,6 +77,8 @@ class Method:
     profiles: ClassVar[dict[str, dict[str, Any]]] = {}
     #: Types of parameters whose default is ``None`` (e.g. "take the variant's value").
     parameter_types: ClassVar[dict[str, type]] = {}
+    #: How the defaults were tuned on data (None: from the paper); see the module docstring.
+    tuned_on: ClassVar[dict[str, Any] | None] = None
 
     def __init__(self, *, profile: str | None = None, seed: int = 0, device: str = "cpu",
                  **params: Any):
@@ -73,6 +89,8 @@ class Method:
         self.device = device
         #: Free-form remarks the runner copies into run.json (e.g. "no magnitude: plain TV").
         self.notes: list[str] = []
+        #: What ``prepare`` trained on (seeds, phantom model, volumes); None for untrained methods.
+        self.trained_on: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ parameters
     @classmethod

@@ -188,6 +188,8 @@ def run_method(method: str | Method, vol: Volume, *, params: Mapping[str, Any] |
         "peak_gpu_mb": None,
         "fft_count": None,
         "notes": [],
+        "tuned_on": type(instance).tuned_on,
+        "trained_on": None,
     }
     seed_everything(int(seed))
     visible = vol.for_method()
@@ -214,6 +216,7 @@ def run_method(method: str | Method, vol: Volume, *, params: Mapping[str, Any] |
         log.error("method %s failed: %s", name, record["error"])
     record["status"] = status
     record["notes"] = list(getattr(instance, "notes", []))
+    record["trained_on"] = getattr(instance, "trained_on", None)
     return RunResult(status, chi, record)
 
 

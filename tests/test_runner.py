@@ -127,3 +127,27 @@ def test_unavailable_method_fails_only_its_run(tmp_path, small_volume, monkeypat
     assert "module_that_is_not_installed_xyz" in rec["error"]
     saved = json.loads((tmp_path / "recon" / "run.json").read_text())
     assert saved["status"] == "failed" and saved["output"] is None
+
+
+class Trained(Method):
+    """Declares tuned defaults and records its training subjects in prepare()."""
+    name = "trained"
+    references = ["none"]
+    tuned_on = {"what": "nothing real", "phantom_model": "analytic", "seeds": [2_000_001]}
+
+    def prepare(self, train):
+        self.trained_on = {"phantom_model": "analytic", "seeds": [1_000_003, 1_000_004]}
+
+    def reconstruct(self, vol):
+        return np.zeros(vol.shape)
+
+
+def test_training_and_tuning_provenance_reaches_run_json(small_volume, tmp_path):
+    res = runner.run_method(Trained(), small_volume)
+    assert res.record["tuned_on"] == {"what": "nothing real", "phantom_model": "analytic", "seeds": [2_000_001]}
+    assert res.record["trained_on"] == {"phantom_model": "analytic", "seeds": [1_000_003, 1_000_004]}
+    runner.write_run(res, tmp_path, small_volume.affine)
+    written = json.loads((tmp_path / "run.json").read_text())
+    assert written["trained_on"]["seeds"] == [1_000_003, 1_000_004]
+    plain = runner.run_method("tkd", small_volume)
+    assert plain.record["tuned_on"] is None and plain.record["trained_on"] is None
