@@ -43,8 +43,9 @@ def cmd_list_methods(args) -> int:
 def cmd_phantom(args) -> int:
     from .phantom import write_phantom  # noqa: PLC0415
 
-    out = write_phantom(args.outdir, shape=tuple(args.shape), voxel_size_mm=tuple(args.voxel_size),
-                        seed=args.seed, calcification=args.calcification, b0_dir=tuple(args.b0_dir))
+    out = write_phantom(args.outdir, shape=tuple(args.shape), voxel_size_mm=tuple(args.voxel_size), model=args.model,
+                        seed=args.seed, calcification=args.calcification, b0_dir=tuple(args.b0_dir),
+                        subject=args.subject)
     print(f"wrote phantom to {out}", file=sys.stderr)
     return 0
 
@@ -155,10 +156,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("phantom", help="write the embedded numerical head phantom")
     s.add_argument("outdir")
-    s.add_argument("--shape", type=int, nargs=3, default=[64, 64, 64], metavar=("X", "Y", "Z"))
-    s.add_argument("--voxel-size", type=float, nargs=3, default=[1.0, 1.0, 1.0],
+    s.add_argument("--model", choices=["mni", "analytic", "brainweb"], default="mni",
+                   help="mni: real anatomy from the MNI ICBM152 template (default); analytic: ellipsoids (fast); "
+                        "brainweb: a BrainWeb anatomical model (downloaded on first use; needs --subject)")
+    s.add_argument("--subject", type=int, default=None, help="BrainWeb subject number (--model brainweb), e.g. 4")
+    s.add_argument("--shape", type=int, nargs=3, default=[80, 96, 80], metavar=("X", "Y", "Z"))
+    s.add_argument("--voxel-size", type=float, nargs=3, default=[2.0, 2.0, 2.0],
                    metavar=("DX", "DY", "DZ"), help="mm")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0,
+                   help="the subject; benchmark data use test seeds 0..999999 (qsmbench.seeds)")
     s.add_argument("--b0-dir", type=float, nargs=3, default=[0.0, 0.0, 1.0], metavar=("X", "Y", "Z"))
     s.add_argument("--calcification", action="store_true", help="add a calcification (label 16)")
     s.set_defaults(func=cmd_phantom)

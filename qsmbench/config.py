@@ -127,7 +127,7 @@ def dataset_has_truth(config: Mapping[str, Any], name: str) -> bool:
     spec = config["datasets"][name]
     if spec.get("type") == "manifest":
         return dataset_manifest(config, name).has_truth
-    return spec.get("type") == "phantom"
+    return spec.get("type") in SIMULATED_TYPES
 
 
 def dataset_manifest(config: Mapping[str, Any], name: str):
@@ -139,22 +139,42 @@ def dataset_manifest(config: Mapping[str, Any], name: str):
     return load_manifest(spec.get("manifest", name))
 
 
+#: Dataset types qsmbench simulates (with a ground truth and a seed that must be a test seed).
+SIMULATED_TYPES = ("phantom", "brainweb")
+
+
 def _check_datasets(config: Mapping[str, Any], source: str) -> None:
-    """Every manifest dataset names a manifest that exists and validates."""
+    """Every manifest dataset names a manifest that exists and validates; every simulated
+    dataset's seed is a test seed (:mod:`qsmbench.seeds`): never a training or tuning subject."""
+    from . import seeds  # noqa: PLC0415
+
+    def check_seed(seed, where: str) -> None:
+        try:
+            seeds.check_role(seed, "test", where=where)
+        except ValueError as exc:
+            ranges = ", ".join(f"{role} {lo}..{hi - 1}" for role, (lo, hi) in seeds.RANGES.items())
+            raise ConfigError(f"{source}: {exc}. A benchmark dataset must not be a subject any method was "
+                              f"trained or tuned on (seed ranges: {ranges})") from None
+
     for name, spec in config["datasets"].items():
+        if spec.get("type") in SIMULATED_TYPES:
+            check_seed(spec.get("seed", 0), f"key 'datasets.{name}.seed'")
         if spec.get("type") != "manifest":
             continue
         try:
-            dataset_manifest(config, name)
+            m = dataset_manifest(config, name)
         except ConfigError as exc:  # ManifestError: names the manifest file and its key
             raise ConfigError(f"{source}: key 'datasets.{name}.manifest': {exc}") from None
+        if m.source_type == "simulated":
+            check_seed(m.source.get("parameters", {}).get("seed", 0),
+                       f"key 'datasets.{name}' (manifest {m.path}: key 'source.parameters.seed')")
 
 
 def dataset_geometry(config: Mapping[str, Any], name: str) -> dict[str, tuple] | None:
     """``shape``, ``voxel_size_mm`` and ``b0_dir`` of dataset ``name`` when the config fixes them.
 
-    For the phantom: its keys, or :func:`qsmbench.phantom.make_phantom`'s defaults.  ``None`` when
-    only the data know (the perturb job checks the same constraints then, with an error naming
+    For a simulated dataset (phantom, brainweb): its keys, or :func:`qsmbench.phantom.make_phantom`'s
+    defaults.  ``None`` when only the data know (the perturb job checks the same constraints then, with an error naming
     the volume).
     """
     spec = config["datasets"][name]
@@ -165,7 +185,7 @@ def dataset_geometry(config: Mapping[str, Any], name: str) -> dict[str, tuple] |
             return None
         return {"shape": tuple(geometry["shape"]), "voxel_size_mm": tuple(geometry["voxel_size_mm"]),
                 "b0_dir": tuple(m.acquisition["b0_dir"])}
-    if spec.get("type") != "phantom":
+    if spec.get("type") not in SIMULATED_TYPES:
         return None
     import inspect  # noqa: PLC0415
 

@@ -312,6 +312,7 @@ def render_report(table: pd.DataFrame | str | os.PathLike, out_html: str | os.Pa
         source = f"the results table {Path(table).name}"
         table = results.read_table(table)
     df = results.as_table(table)  # the schema's columns and dtypes, whatever the source
+    results.check_phantom_versions(df)  # one dataset, one phantom: never mix simulations in a report
     report_dir = Path(report_dir) if report_dir is not None else REPORT_DIR
     if not (report_dir / "templates" / TEMPLATE).is_file():
         raise InputError(f"report template not found: {report_dir / 'templates' / TEMPLATE}")
@@ -797,13 +798,62 @@ def _parameters(b: _Builder) -> dict[str, Any]:
             text = ", ".join(f"{k}={json.dumps(v)}" for k, v in value.items()) if isinstance(value, dict) \
                 else str(value)
             n = int((g["parameters"] == params).sum())
+            same = g[g["parameters"] == params]
             rows.append([b.method_cell(m), _cell(m, cls="key"),
                          _cell(", ".join(sorted({x for x in g["method_name"] if x})) or "—"),
                          _cell(", ".join(sorted({x for x in g["profile"] if x})) or "—"),
                          _cell(text or "(defaults: none)", cls="params"),
+                         _provenance_cell(same["trained_on"]), _provenance_cell(same["tuned_on"]),
                          _cell(f"{n}" + (f" of {len(g)}" if len(sets) > 1 else ""), cls="num")])
-    return b.table("parameters", ["method", "run id", "method class", "profile", "parameters", "runs"], rows,
-                   f"qsmbench.report from {b.source}: the parameters column (from each run.json)", collapsed=False)
+    return b.table("parameters", ["method", "run id", "method class", "profile", "parameters", "trained on",
+                                  "tuned on", "runs"], rows,
+                   f"qsmbench.report from {b.source}: the parameters, trained_on and tuned_on columns (from each "
+                   "run.json)", collapsed=False)
+
+
+def provenance_text(value: Any) -> str:
+    """A short description of a run.json ``trained_on`` / ``tuned_on`` record ('—' when absent).
+
+    E.g. ``regularisation weights; phantom mni v2; 8 seeds 2000017–2999431`` (seeds from the
+    reserved ranges of :mod:`qsmbench.seeds`, whose role is named when they have one).
+    """
+    if value in (None, "", {}, []):
+        return "—"
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    if not isinstance(value, Mapping):
+        return json.dumps(value, sort_keys=True, default=str)
+    from . import seeds as seeds_mod  # noqa: PLC0415
+
+    parts, rest = [], dict(value)
+    if "what" in rest:
+        parts.append(str(rest.pop("what")))
+    model, version = rest.pop("phantom_model", None), rest.pop("phantom_version", None)
+    if model or version:
+        parts.append("phantom " + " ".join(x for x in (str(model) if model else "", f"v{version}" if version else "")
+                                           if x))
+    seed_list = rest.pop("seeds", None)
+    if isinstance(seed_list, list) and seed_list and all(isinstance(x, int) for x in seed_list):
+        roles = sorted({seeds_mod.role_of(x) or "unassigned" for x in seed_list})
+        span = f"{min(seed_list)}" if len(seed_list) == 1 else f"{min(seed_list)}–{max(seed_list)}"
+        parts.append(f"{len(seed_list)} seed{'s' if len(seed_list) > 1 else ''} {span} ({', '.join(roles)} range)")
+    elif seed_list:
+        parts.append(f"seeds {seed_list}")
+    vols = rest.pop("volumes", None)
+    if vols:
+        parts.append(f"{len(vols)} volume{'s' if len(vols) > 1 else ''}" if isinstance(vols, list) else str(vols))
+    parts += [f"{k}={json.dumps(v, default=str)}" for k, v in sorted(rest.items())]
+    return "; ".join(parts) or "—"
+
+
+def _provenance_cell(values) -> dict[str, str]:
+    texts = sorted({str(v) for v in values})
+    shown = sorted({provenance_text(v) for v in texts})
+    cls = "na" if shown == ["—"] else "params"
+    return _cell(" | ".join(shown), title="; ".join(t for t in texts if t), cls=cls)
 
 
 def _failures(b: _Builder) -> dict[str, Any]:

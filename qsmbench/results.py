@@ -71,6 +71,14 @@ COLUMNS: dict[str, str] = {
     "data_sha256": "checksum of the input volume the method reconstructed: sha256 of the lines "
                    "'{file} {sha256 of its uncompressed content}' of the volume folder's NIfTI files in "
                    "sorted order (volume_checksums); '' when not recorded",
+    "phantom_model": "model of the simulated phantom the volume came from ('mni', 'analytic', 'brainweb'; "
+                     "its meta.json); '' for measured or downloaded data",
+    "phantom_version": "qsmbench.phantom.PHANTOM_VERSION that simulated the volume; '' for measured data. "
+                       "collect() refuses a dataset whose rows come from different phantom models or versions",
+    "trained_on": "what the method was trained on (run.json 'trained_on', as JSON: phantom model and version, "
+                  "seeds from the training range); '' for methods that do not train",
+    "tuned_on": "what the method's defaults were tuned on (run.json 'tuned_on', as JSON: what, phantom model, "
+                "seeds from the tuning range); '' when the defaults come from the paper",
 }
 
 #: Columns the workflow adds after the schema's (kept by :func:`write_table`/:func:`read_table`).
@@ -80,7 +88,7 @@ EXTRA_COLUMNS: dict[str, str] = {
 }
 
 #: Schema columns newer than some stored tables: filled with '' when a table lacks them.
-_ADDED_COLUMNS = ("data_sha256",)
+_ADDED_COLUMNS = ("data_sha256", "phantom_model", "phantom_version", "trained_on", "tuned_on")
 
 #: The columns that identify a row, in sort order.
 KEY_COLUMNS = ("dataset", "reference", "perturbation", "method", "seed", "metric")
@@ -135,6 +143,8 @@ def evaluate_run(run_json_path: str | os.PathLike, volume_dir: str | os.PathLike
         "data_files": volume_checksums(volume_dir),
     }
     record["data_sha256"] = digest_of(record["data_files"])
+    record["phantom_model"] = str(vol.meta.get("model", "")) if vol.meta.get("phantom_version") else ""
+    record["phantom_version"] = str(vol.meta.get("phantom_version") or "")
     if run["status"] == "failed":
         record["notes"].append("the reconstruction failed, so nothing was scored")
     elif not vol.references:
@@ -203,7 +213,9 @@ def collect(metric_json_paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
     A failed run yields one row per registered metric with ``reference = ''``, status
     ``run_failed`` and the run's error as reason; a successful run on a volume without
     reference yields the same rows with status ``not_applicable``.  So every run appears in the
-    table.  Rows are sorted by :data:`KEY_COLUMNS`; a duplicated key is an :class:`InputError`.
+    table.  Rows are sorted by :data:`KEY_COLUMNS`; a duplicated key is an :class:`InputError`, and
+    so is a dataset whose rows come from different phantom models or versions
+    (:func:`check_phantom_versions`).
     """
     if isinstance(metric_json_paths, str | os.PathLike):
         metric_json_paths = [metric_json_paths]
@@ -221,6 +233,7 @@ def collect(metric_json_paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
             rows.append(row)
     df = pd.DataFrame(rows, columns=list(COLUMNS))
     df = _coerce(df)
+    check_phantom_versions(df)
     return df.sort_values(list(KEY_COLUMNS), kind="stable").reset_index(drop=True)
 
 
@@ -256,6 +269,10 @@ def _rows_of(record: Any, path: Path) -> list[dict[str, Any]]:
         "qsmbench_version": _text(run.get("qsmbench_version")),
         "git_commit": _text(run.get("git_commit")),
         "data_sha256": _text(record.get("data_sha256")),
+        "phantom_model": _text(record.get("phantom_model")),
+        "phantom_version": _text(record.get("phantom_version")),
+        "trained_on": _provenance_text(run.get("trained_on")),
+        "tuned_on": _provenance_text(run.get("tuned_on")),
     }
     rows = []
     if status == "failed" or not record["references"]:
@@ -284,6 +301,30 @@ def _rows_of(record: Any, path: Path) -> list[dict[str, Any]]:
             if rstatus not in ("ok", "not_applicable"):
                 raise InputError(f"{path}: metric status must be 'ok' or 'not_applicable', got {rstatus!r}")
     return rows
+
+
+def _provenance_text(x: Any) -> str:
+    """run.json's trained_on / tuned_on as JSON text ('' when absent)."""
+    if x in (None, "", {}, []):
+        return ""
+    return x if isinstance(x, str) else json.dumps(x, sort_keys=True, default=str)
+
+
+def check_phantom_versions(df: pd.DataFrame, origin: Mapping[tuple, Path] | None = None) -> None:
+    """Refuse a table in which one dataset's rows come from different phantom models or versions.
+
+    Such rows score methods on different subjects or simulations under one dataset id (e.g.
+    metric files left over from before a phantom update); the message names them.
+    """
+    if "phantom_version" not in df.columns or df.empty:
+        return
+    for dataset, g in df.groupby("dataset", sort=True):
+        kinds = sorted({(m, v) for m, v in zip(g["phantom_model"], g["phantom_version"], strict=True)})
+        if len(kinds) > 1:
+            what = ", ".join(f"model {m or '(none)'!r} version {v or '(none)'!r}" for m, v in kinds)
+            raise InputError(f"dataset {dataset!r} mixes results of different phantoms ({what}); re-run the workflow "
+                             "so that every result of a dataset comes from the same phantom (delete the stale "
+                             "results/metrics files of the old one)")
 
 
 def _text(x: Any) -> str:
@@ -373,10 +414,12 @@ def runs(df: pd.DataFrame) -> pd.DataFrame:
     """One row per run (dataset, perturbation, method, seed) with its run-level columns."""
     cols = ["dataset", "perturbation", "method", "seed", "run_status", "error", "wall_s", "cpu_s",
             "prepare_s", "peak_rss_mb", "peak_gpu_mb", "method_name", "profile", "device", "parameters",
-            "qsmbench_version", "git_commit", "data_sha256"]
+            "qsmbench_version", "git_commit", "data_sha256", "phantom_model", "phantom_version", "trained_on",
+            "tuned_on"]
     out = df[cols].drop_duplicates(subset=["dataset", "perturbation", "method", "seed"])
     return out.sort_values(["dataset", "perturbation", "method", "seed"]).reset_index(drop=True)
 
 
 __all__ = ["COLUMNS", "EXTRA_COLUMNS", "KEY_COLUMNS", "ROW_STATUSES", "RUN_STATUSES", "as_table", "atomic_write",
-           "collect", "digest_of", "evaluate_run", "read_table", "runs", "volume_checksums", "write_table"]
+           "check_phantom_versions", "collect", "digest_of", "evaluate_run", "read_table", "runs", "volume_checksums",
+           "write_table"]

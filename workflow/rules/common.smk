@@ -20,6 +20,7 @@ except ConfigError as exc:
 DATASETS = list(config["datasets"])
 # results/data/{dataset} is made by simulate_phantom (type phantom) or prepare_dataset (type manifest)
 PHANTOM_DATASETS = [d for d, spec in config["datasets"].items() if spec["type"] == "phantom"]
+BRAINWEB_DATASETS = [d for d, spec in config["datasets"].items() if spec["type"] == "brainweb"]  # prepare_brainweb
 MANIFEST_DATASETS = [d for d, spec in config["datasets"].items() if spec["type"] == "manifest"]
 # {dataset: {perturbation id: components}}; 'none' for every dataset (qsmbench.config.perturbation_plan)
 PLAN = perturbation_plan(config)
