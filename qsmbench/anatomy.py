@@ -33,8 +33,10 @@ the same frame as the phantom's array axes 0, 1, 2.  From the template:
   along the posterior surface; the straight sinus joins the great cerebral vein (0, -50, 4) to
   the confluence; the paired internal cerebral veins run 3 mm from the midline above the third
   ventricle (standard venous anatomy, cf. the MNI venous atlas of Huck et al., Brain Struct Funct
-  2019;224:2467).  Six to ten seeded cortical veins run on the lateral surface up to the vertex.
-  Veins are painted inside the intracranial region only.
+  2019;224:2467).  Six to ten seeded cortical veins climb the lateral surface to the superior
+  sagittal sinus.  Where a vein leaves the intracranial region, the region grows around it by a
+  1.5 mm CSF halo, so that the mask boundary is CSF (chi = 0) everywhere: a vein cut by the mask
+  would leave a field inside it that no chi inside explains (the cropped chi's Gibbs tail).
 * *calcification* (optional, label 16): a sphere in the left globus pallidus, the commonest site
   of physiological basal-ganglia calcification.
 * *head* outside the intracranial region (outside the mask; it carries no field): 7 mm of bone
@@ -63,9 +65,15 @@ and recorded in ``meta.json`` (``meta["subject"]``):
 
 Iron content, venous oxygenation and coil shading vary with the seed as well; their ranges are
 documented where they are used (:mod:`qsmbench.tissue`).  Two seeds are two plausible subjects:
-at 2 mm the grey-matter labels of two seeds overlap with a Dice coefficient of about 0.6-0.75
-(tested: below 0.85 at 4 mm), their brain volumes differ by the drawn factors and every nucleus
-moves by up to a few millimetres.
+at 2 mm the grey-matter labels of two seeds overlap with a Dice coefficient of about 0.66 (tested:
+below 0.85 at 4 mm), their brain volumes differ by the drawn factors and every nucleus moves by
+up to a few millimetres.  The resulting tissue volumes (labels at 4 mm, tested for two seeds):
+grey matter 0.58-0.92 L, white matter 0.34-0.56 L, CSF (ventricles, sulci and the extra-cerebral
+rim) 0.15-0.40 L, intracranial region 1.2-1.9 L.  Grey matter dominates (GM/WM about 1.7, above
+the 1.2-1.5 of adult brains) because every voxel gets its most probable class from an average
+template, whose blurred cortex has more GM than WM probability at the boundary.  The cortex is
+folded: at 4 mm the surface-to-volume ratio of GM is 5.5 times that of a ball of the same volume
+(WM 5 times; the analytic phantom's 3.2 and 1.5).
 
 FOV
 ---
@@ -306,6 +314,13 @@ class Subject:
             return np.ones(3)
         return MEAN_SCALE * self.brain_volume_factor ** (1.0 / 3.0) * np.asarray(self.axis_scale)
 
+    @property
+    def linear(self) -> np.ndarray:
+        """The linear part ``A`` of the template-to-subject map (rotation times scale)."""
+        if not self.deform:
+            return np.eye(3)
+        return _rotation(self.rotation_deg) @ np.diag(self.scale)
+
     def summary(self) -> dict[str, Any]:
         """What ``meta.json`` records (the vessel paths are left out: they follow from the seed)."""
         out = {
@@ -313,7 +328,7 @@ class Subject:
             "anatomical_variation": self.deform,
             "linear_scale": [round(float(s), 4) for s in self.scale],
             "brain_volume_factor": round(self.brain_volume_factor, 4),
-            "rotation_deg": [round(a, 3) for a in self.rotation_deg],
+            "rotation_deg": [round(a, 3) for a in self.rotation_deg] if self.deform else [0.0, 0.0, 0.0],
             "deformation_rms_mm": round(self.deformation_rms_mm, 3),
             "ventricle_factor": round(self.ventricle_factor, 4),
             "csf_rim_mm": round(self.csf_rim_mm, 3),
@@ -441,7 +456,7 @@ def _velocity_grid(subject: Subject, template: Template) -> tuple[np.ndarray, li
     rms = float(np.sqrt(np.mean(np.sum(v[:, brain] ** 2, axis=0))))
     v *= np.float32(subject.deformation_rms_mm / max(rms, 1e-12))
     # ventricle enlargement/shrinkage about the ventricles' centre, in subject space
-    a = _rotation(subject.rotation_deg) @ np.diag(subject.scale)
+    a = subject.linear
     cv = a @ (np.asarray(VENTRICLE_CENTRE) - np.asarray(template.centre_mm))
     d = [yy[i] - cv[i] for i in range(3)]
     w = np.exp(-0.5 * sum((d[i] / VENTRICLE_WINDOW_MM[i]) ** 2 for i in range(3)))
@@ -451,16 +466,18 @@ def _velocity_grid(subject: Subject, template: Template) -> tuple[np.ndarray, li
     return v, axes
 
 
-def inverse_displacement(subject: Subject, template: Template) -> tuple[np.ndarray, list[np.ndarray]]:
+def inverse_displacement(subject: Subject, template: Template, *, inverse: bool = True
+                         ) -> tuple[np.ndarray, list[np.ndarray]]:
     """Displacement ``u`` of the inverse warp, ``phi^-1(y) = y + u(y)``, on the velocity grid.
 
     ``phi = exp(v)`` maps the (scaled, rotated) template to the subject; its inverse is
     ``exp(-v)``, computed by scaling and squaring: ``u = -v / 2^K``, then K times
-    ``u(x) <- u(x) + u(x + u(x))`` (trilinear interpolation of ``u``).
+    ``u(x) <- u(x) + u(x + u(x))`` (trilinear interpolation of ``u``).  ``inverse=False``
+    returns the displacement of ``phi`` itself (for tests: the two compose to the identity).
     """
     v, axes = _velocity_grid(subject, template)
     h = DEFORMATION_GRID_MM
-    u = -v / np.float32(2.0**SQUARING_STEPS)
+    u = (-v if inverse else v) / np.float32(2.0**SQUARING_STEPS)
     grid = np.meshgrid(*[np.arange(a.size, dtype=np.float32) for a in axes], indexing="ij")
     for _ in range(SQUARING_STEPS):
         coords = np.stack([grid[c] + u[c] / np.float32(h) for c in range(3)])
@@ -496,7 +513,7 @@ def template_positions(subject: Subject, template: Template, axes_mm: Sequence[n
     ``t = c + A^-1 (y + u(y))`` with ``A`` the subject's rotation times scale, ``c`` the template
     centre and ``u`` the inverse warp's displacement (:func:`inverse_displacement`).
     """
-    ainv = np.linalg.inv(_rotation(subject.rotation_deg) @ np.diag(subject.scale)).astype(np.float32)
+    ainv = np.linalg.inv(subject.linear).astype(np.float32)
     c = np.asarray(template.centre_mm, dtype=np.float32)
     shape = tuple(a.size for a in axes_mm)
     y = [np.asarray(a, dtype=np.float32).reshape([-1 if i == ax else 1 for i in range(3)])

@@ -1,6 +1,8 @@
 """Configuration validation: schema errors name the key; methods are checked by the registry."""
 
 import copy
+import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -54,3 +56,48 @@ def test_load_config_errors(tmp_path):
     ok = tmp_path / "ok.yaml"
     ok.write_text(yaml.safe_dump(GOOD))
     assert load_config(ok)["methods"]["tkd"] == {}
+
+
+@pytest.mark.parametrize("seed, role", [(1_000_000, "training"), (1_999_999, "training"), (2_500_000, "tuning"),
+                                        (3_000_000, None)])
+def test_benchmark_phantom_seeds_must_be_test_seeds(seed, role):
+    """A dataset whose subject a method may have been trained or tuned on is refused; the message
+    names the key and the reserved ranges."""
+    bad = {**GOOD, "datasets": {"phantom": {"type": "phantom", "shape": [32, 32, 32], "seed": seed}}}
+    with pytest.raises(ConfigError) as err:
+        validate_config(bad)
+    msg = str(err.value)
+    assert "key 'datasets.phantom.seed'" in msg and str(seed) in msg
+    assert "test 0..999999, train 1000000..1999999, tune 2000000..2999999" in msg
+    if role:
+        assert f"reserved for {role}" in msg
+    ok = {**GOOD, "datasets": {"phantom": {"type": "phantom", "shape": [32, 32, 32], "seed": 999_999}}}
+    assert validate_config(ok)["datasets"]["phantom"]["seed"] == 999_999
+
+
+def test_simulated_manifest_seeds_must_be_test_seeds(tmp_path):
+    manifest = tmp_path / "sim.yaml"
+    manifest.write_text(yaml.safe_dump({
+        "schema_version": 1, "name": "sim", "title": "t", "citation": ["c"], "licence": "l",
+        "source": {"type": "simulated", "generator": "phantom", "parameters": {"seed": 1_000_123}},
+        "acquisition": {"b0_tesla": 3.0, "b0_dir": [0, 0, 1]}}))
+    bad = {**GOOD, "datasets": {"sim": {"type": "manifest", "manifest": str(manifest)}}}
+    with pytest.raises(ConfigError, match=r"source.parameters.seed.*1000123.*reserved for training"):
+        validate_config(bad)
+
+
+def test_phantom_model_key():
+    cfg = {**GOOD, "datasets": {"phantom": {"type": "phantom", "model": "analytic"}}}
+    assert validate_config(cfg)["datasets"]["phantom"]["model"] == "analytic"
+    with pytest.raises(ConfigError, match="datasets.phantom.model"):
+        validate_config({**GOOD, "datasets": {"phantom": {"type": "phantom", "model": "ellipsoid"}}})
+
+
+def test_simulate_rules_rerun_when_the_phantom_version_changes():
+    """The phantom version is a parameter of the rules that make simulated datasets, so a new
+    version re-runs them (Snakemake's params rerun trigger) and everything downstream."""
+    text = (Path(__file__).resolve().parent.parent / "workflow" / "rules" / "data.smk").read_text()
+    rules = {r.split(":")[0]: r for r in re.split(r"\n(?=rule )", text)[1:]}
+    assert set(rules) == {"rule simulate_phantom", "rule prepare_brainweb"}
+    for body in rules.values():
+        assert "phantom_version=PHANTOM_VERSION" in body.split("params:")[1].split("log:")[0]
