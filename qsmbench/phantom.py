@@ -1,7 +1,31 @@
-"""The embedded head phantom: an analytic, seeded, head-shaped susceptibility phantom.
+"""The embedded head phantom: seeded, head-shaped susceptibility phantoms with a ground truth.
 
-Geometry
---------
+Models (``model`` of :func:`make_phantom`)
+-----------------------------------------
+``mni`` (the default)
+    Real anatomy from the MNI ICBM152 2009 template; a seed is a subject (a smooth random
+    diffeomorphic deformation and physiological variation of size, ventricles, nuclei, vessels,
+    iron): :mod:`qsmbench.anatomy`.  Tissue chi, proton density and R2*, the T2*-weighted
+    magnitude with its own texture and coil shading, and the edge-overlap statistic published in
+    ``meta["edge_overlap"]``: :mod:`qsmbench.tissue`.  The field of view is centred on the brain
+    and the anatomy keeps its physical size at any matrix and voxel size.
+``brainweb``
+    One of the 20 BrainWeb anatomical models (:mod:`qsmbench.datasets.brainweb`) with the same
+    tissue model; the seed varies the tissue only.
+``analytic``
+    Ellipsoids in FOV-normalised coordinates (below): fast and any size; for tests.
+
+All three carry the RC2 label set (:data:`LABELS`, :data:`CHI_PPM`) and are simulated the same
+way (below, "Simulation"): on the fine grid the realistic models label the fine samples
+themselves; their target labels and mask are the fine labels at the target voxel centres (a
+structure smaller than a voxel that falls between centres gets the voxel holding most of it,
+recorded in ``meta["labels_placed_off_centre"]``), and their magnitude is the fine signal
+averaged over each voxel's footprint.  ``meta["phantom_version"]`` (:data:`PHANTOM_VERSION`)
+changes whenever the output of any model changes; the workflow re-simulates on a change and
+:func:`qsmbench.results.collect` refuses results of two versions for one dataset.
+
+Analytic geometry
+-----------------
 Every structure is an analytic shape (ellipsoid, box, tube segment, folded sphere) defined in
 coordinates *normalised to the field of view*: ``u = -1 .. +1`` spans the FOV
 (``shape * voxel_size_mm``) along each array axis, so the phantom rasterises at any matrix and
@@ -23,13 +47,13 @@ fine sample coincides with a target voxel centre -- the sample layout that
 of ``chi * brain`` only (chi outside the brain is background field and not simulated), computed
 on the fine grid with zero padding and ``D(0) = 0``; chi and field are then brought to the
 target grid by k-space cropping (Nyquist planes of even axes dropped, see :func:`qsmbench.physics.kspace_resample`)
-and multiplied by the target mask.  The target mask and labels
+and multiplied by the target mask.  The analytic model's target mask and labels
 are rasterised directly at the target voxel centres (exact analytic shapes, no resampling
 threshold to choose).  ``oversample=1`` skips the fine grid: the field is then the exact
 discrete forward model of the truth (the "inverse crime") -- for tests only.
 
-Texture
--------
+Texture (analytic model; the realistic models: :mod:`qsmbench.tissue`)
+----------------------------------------------------------------------
 Smooth, seeded Gaussian-correlated noise (correlation length ``_TEXTURE_SIGMA_VOXELS`` target
 voxels) is added inside each tissue with standard deviation ``texture_ppm``; every tissue mixes
 three independent noise fields with its own random weights, so texture is not shared across a
@@ -116,6 +140,8 @@ MAGNITUDE: dict[int, float] = {
     10: 1.0, 11: 0.3, 12: 0.9, 13: 0.05, 14: 0.0, 15: 0.45, 16: 0.1,
 }
 
+#: Version of the phantoms' output; bump it whenever any model's output changes (2: the mni and
+#: brainweb models, the edge-overlap record; the analytic model's arrays are unchanged).
 PHANTOM_VERSION = "2"
 
 #: Gaussian correlation length (sigma) of the chi and magnitude textures, in target voxels.
