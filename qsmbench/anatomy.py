@@ -152,7 +152,9 @@ class Nucleus:
     """A deep grey nucleus of the right hemisphere (mirrored for the left).
 
     ``centre`` and ``semi`` in MNI mm; ``angle_deg`` rotates the ellipsoid about z (positive:
-    its +y end towards +x); ``grey_only``: paint over template-GM voxels only (plus the core);
+    its anterior (+y) end towards the midline, -x; the long axes of thalamus, lentiform nucleus
+    and dentate run from anteromedial to posterolateral, those of the caudate head and the
+    nigra from anterolateral to posteromedial); ``grey_only``: paint over template-GM voxels only (plus the core);
     ``gradient``: unit direction (right hemisphere) along which its iron rises (see
     :mod:`qsmbench.tissue`).
     """
@@ -171,15 +173,15 @@ class Nucleus:
 #: (pulvinar) richer posteriorly, caudate anteriorly (head), globus pallidus medially (internal
 #: segment), substantia nigra rostrally.
 NUCLEI: tuple[Nucleus, ...] = (
-    Nucleus("thalamus", 7, (11.0, -18.0, 7.0), (10.0, 16.5, 11.0), -8.0, True, (0.0, -1.0, 0.0)),
+    Nucleus("thalamus", 7, (11.0, -18.0, 7.0), (10.0, 16.5, 11.0), 8.0, True, (0.0, -1.0, 0.0)),
     Nucleus("caudate head", 1, (12.5, 13.0, 9.0), (7.0, 11.0, 11.0), -10.0, True, (0.0, 1.0, 0.0)),
     Nucleus("caudate body", 1, (16.0, -8.0, 19.0), (5.0, 14.0, 5.5), 15.0, True, (0.0, 1.0, 0.0)),
-    Nucleus("putamen", 3, (25.0, 2.0, 1.0), (7.5, 18.0, 11.5), -12.0, True, (0.0, -1.0, 0.0)),
-    Nucleus("globus pallidus", 2, (19.0, -4.0, -1.0), (5.0, 11.0, 7.0), -15.0, False, (-1.0, 0.0, 0.0)),
+    Nucleus("putamen", 3, (25.0, 2.0, 1.0), (7.5, 18.0, 11.5), 12.0, True, (0.0, -1.0, 0.0)),
+    Nucleus("globus pallidus", 2, (19.0, -4.0, -1.0), (5.0, 11.0, 7.0), 15.0, False, (-1.0, 0.0, 0.0)),
     Nucleus("subthalamic nucleus", 6, (11.5, -13.0, -6.0), (3.0, 6.0, 3.0), -30.0, False, (0.0, 1.0, 0.0)),
     Nucleus("substantia nigra", 6, (11.0, -17.0, -12.0), (3.5, 10.0, 4.5), -35.0, False, (0.0, 1.0, 0.0)),
     Nucleus("red nucleus", 4, (5.0, -20.0, -9.0), (4.0, 4.5, 4.5), 0.0, False, (0.0, 1.0, 0.0)),
-    Nucleus("dentate nucleus", 5, (13.8, -55.8, -36.4), (6.0, 10.0, 6.5), -30.0, False, (1.0, 0.0, 0.0)),
+    Nucleus("dentate nucleus", 5, (13.8, -55.8, -36.4), (6.0, 10.0, 6.5), 30.0, False, (1.0, 0.0, 0.0)),
 )
 
 #: The calcification (left globus pallidus), MNI mm.

@@ -130,7 +130,11 @@ def test_phantom_command(tmp_path):
                  "--voxel-size", "4", "4", "4", "--seed", "3"]) == 0
     meta = json.loads((tmp_path / "ph" / "meta.json").read_text())
     assert meta["seed"] == 3 and meta["units"]["field"] == "ppm"
+    assert meta["model"] == "mni" and "edge_overlap" in meta  # the realistic phantom is the default
     assert nib.load(str(tmp_path / "ph" / "field_ppm.nii.gz")).shape == (24, 24, 24)
+    assert main(["phantom", str(tmp_path / "an"), "--model", "analytic", "--shape", "16", "16", "16"]) == 0
+    assert json.loads((tmp_path / "an" / "meta.json").read_text())["model"] == "analytic"
+    assert main(["phantom", str(tmp_path / "bw"), "--model", "mni", "--subject", "4"]) == 2  # subject: BrainWeb only
 
 
 def test_console_script_reports_errors_on_stderr(tmp_path):
