@@ -78,11 +78,12 @@ folded: at 4 mm the surface-to-volume ratio of GM is 5.5 times that of a ball of
 FOV
 ---
 The target grid's field of view (``shape * voxel_size_mm``) is centred on the centre of the
-template brain mask's bounding box (MNI (0, -17, 6) mm), scaled and deformed as above; the
+template brain mask's bounding box (MNI (0, -17, 5) mm), scaled and deformed as above; the
 physical size of the anatomy never depends on the FOV.  The default 80x96x80 grid of 2 mm
-(160x192x160 mm) holds every subject with a margin (the largest scaled brain spans about
-140x177x150 mm); a smaller FOV crops the head.  The template ends 72 mm below the AC: the
-brainstem is cut there (as by the FOV of a real acquisition).
+(160x192x160 mm) holds every subject (the template's brain mask spans 145x181x156 mm, scaled by
+at most 0.96): for seeds 0-39 the intracranial region stays at least 4 mm from every face of
+the FOV.  A smaller FOV crops the head.  The template ends 72 mm below the anterior commissure:
+the brainstem is cut there (as by the FOV of a real acquisition).
 """
 
 from __future__ import annotations
