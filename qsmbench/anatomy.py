@@ -22,8 +22,8 @@ the same frame as the phantom's array axes 0, 1, 2.  From the template:
   template calls GM only (plus a core of 60 % of the ellipsoid): their outline follows the
   template's own anatomy.  Globus pallidus, red nucleus, substantia nigra/STN and dentate are
   white in a T1 template and are painted as ellipsoids.  Centres are rounded centres of mass from
-  published MNI atlases: dentate from He et al., Cerebellum 2017;16:951 (QSM dentate atlas,
-  +-13.8, -55.8, -36.4 mm); STN, SN and red nucleus after the 7 T ATAG atlas (Keuken et al.,
+  published MNI atlases: dentate from He et al., Cerebellum 2017, doi:10.1007/s12311-017-0872-7
+  (QSM dentate atlas, +-13.8, -55.8, -36.4 mm); STN, SN and red nucleus after the 7 T ATAG atlas (Keuken et al.,
   NeuroImage 2014;94:40); caudate, putamen, pallidum and thalamus after the Harvard-Oxford
   subcortical atlas (Desikan et al., NeuroImage 2006;31:968; shipped with FSL).  Semi-axes give
   volumes in the range of the same atlases; positions were checked on the template's GM map.
@@ -346,8 +346,7 @@ class Subject:
         return out
 
 
-def draw_subject(rng: np.random.Generator, seed: int, *, deform: bool = True,
-                 template: Template | None = None) -> Subject:
+def draw_subject(rng: np.random.Generator, seed: int, *, deform: bool = True) -> Subject:
     """Draw one subject's anatomical parameters (ranges: :data:`RANGES`, module docstring).
 
     ``deform=False`` keeps the template's size, shape and nucleus positions (BrainWeb subjects

@@ -216,9 +216,10 @@ def smooth_noise(rng: np.random.Generator, shape: Sequence[int], voxel_size_mm: 
 # --------------------------------------------------------------------------- iron
 def iron_relative(labels: np.ndarray, nucleus_index: np.ndarray, mni: Sequence[np.ndarray],
                   params: TissueParams) -> np.ndarray:
-    """Relative iron of every fine voxel: 1 outside the nuclei; inside nucleus ``k`` the subject
-    and nucleus factors times ``1 + g (s - 0)`` with ``s`` in [-1/2, 1/2] the position along the
-    nucleus's gradient direction (so the total rise across it is ``g``)."""
+    """Relative iron of every fine voxel: 1 outside the nuclei (and the thalamus outside its
+    ellipsoid: the subject factor); inside nucleus ``k`` the subject and nucleus factors times
+    ``1 + g s``, with ``s`` in [-1/2, 1/2] the position along the nucleus's gradient direction in
+    units of its longest diameter (so the total rise across it is about ``g``)."""
     from .anatomy import NUCLEI  # noqa: PLC0415
 
     rel = np.ones(labels.shape, dtype=np.float32)
