@@ -623,36 +623,44 @@ def dnrmse(ctx: EvalContext) -> float:
     return _dnrmse(ctx, ctx.mask, "mask")
 
 
-def _region(ctx: EvalContext, key: str, build: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+def _region(ctx: EvalContext, key: str, labels: Sequence[int], morph: Callable[[np.ndarray], np.ndarray]
+            ) -> np.ndarray:
+    """A regional mask in the official order: ``morph(M ∩ (labels in ``labels``))``.
+
+    The RC2 usage script selects each region inside the scoring mask first and then erodes or
+    dilates it; the dilated blood region is *not* re-masked, so it may include a one-voxel shell
+    outside ``M`` (where the metric sees the unmasked maps).
+    """
     lab = require_labels(ctx, "rc2")
-    return ctx.cached(key, lambda: build(lab) & ctx.mask)
+    return ctx.cached(key, lambda: morph(np.isin(lab, labels) & ctx.mask))
 
 
 @register("dnrmse_tissue", better="lower", unit="%",
-          definition="dNRMSE in R = (labels 7-9: thalamus, WM, GM, eroded by one voxel with a "
-                     "3×3×3 cube) ∩ M; " + _DNRMSE_FIT,
+          definition="dNRMSE in R = erode(M ∩ labels 7-9: thalamus, WM, GM) by one voxel with a "
+                     "3×3×3 cube (the official order: mask first, then erode); " + _DNRMSE_FIT,
           source=SRC_RC2, needs=("labels (rc2 scheme)",))
 def dnrmse_tissue(ctx: EvalContext) -> float:
-    region = _region(ctx, "region_tissue", lambda lab: erode(np.isin(lab, RC2_TISSUE)))
-    return _dnrmse(ctx, region, "tissue (labels 7-9, eroded)")
+    region = _region(ctx, "region_tissue", RC2_TISSUE, erode)
+    return _dnrmse(ctx, region, "tissue (labels 7-9 in M, eroded)")
 
 
 @register("dnrmse_blood", better="lower", unit="%",
-          definition="dNRMSE in R = (label 11: blood, dilated by one voxel with a 3×3×3 cube) "
-                     "∩ M; " + _DNRMSE_FIT,
+          definition="dNRMSE in R = dilate(M ∩ label 11: blood) by one voxel with a 3×3×3 cube, "
+                     "not re-masked (the official order: the shell may leave M, where the "
+                     "unmasked maps are used); " + _DNRMSE_FIT,
           source=SRC_RC2, needs=("labels (rc2 scheme)",))
 def dnrmse_blood(ctx: EvalContext) -> float:
-    region = _region(ctx, "region_blood", lambda lab: dilate(lab == RC2_BLOOD))
-    return _dnrmse(ctx, region, "blood (label 11, dilated)")
+    region = _region(ctx, "region_blood", (RC2_BLOOD,), dilate)
+    return _dnrmse(ctx, region, "blood (label 11 in M, dilated)")
 
 
 @register("dnrmse_dgm", better="lower", unit="%",
-          definition="dNRMSE in R = (labels 1-6: deep grey-matter nuclei, their union eroded by "
-                     "one voxel with a 3×3×3 cube) ∩ M; " + _DNRMSE_FIT,
+          definition="dNRMSE in R = erode(M ∩ labels 1-6: deep grey-matter nuclei, their union) "
+                     "by one voxel with a 3×3×3 cube (the official order); " + _DNRMSE_FIT,
           source=SRC_RC2, needs=("labels (rc2 scheme)",))
 def dnrmse_dgm(ctx: EvalContext) -> float:
-    region = _region(ctx, "region_dgm", lambda lab: erode(np.isin(lab, RC2_DGM)))
-    return _dnrmse(ctx, region, "deep grey matter (labels 1-6, eroded)")
+    region = _region(ctx, "region_dgm", RC2_DGM, erode)
+    return _dnrmse(ctx, region, "deep grey matter (labels 1-6 in M, eroded)")
 
 
 @register("slope_error", better="lower", unit="",
