@@ -41,6 +41,18 @@ tuned_on : dict or None
     E.g. ``{"what": "regularisation weights", "phantom_model": "mni", "seeds": [2000017, ...]}``
     -- the seeds must come from the reserved tuning range (:mod:`qsmbench.seeds`).  Copied into
     every ``run.json`` and shown in the report's method table.
+symmetry : str or None
+    What the method guarantees, with its default parameters, about sign and scale of the field (checked by
+    ``tests/test_symmetry.py``, which picks the check from this value; one of :data:`SYMMETRIES`):
+
+    * ``"linear"`` -- ``chi(a f) = a chi(f)`` for every real ``a`` (odd and homogeneous of degree
+      one), up to float rounding: methods linear in the field by design (TKD, CFL2) and those
+      whose data-dependent weights are scale- and sign-invariant (iLSQR).
+    * ``"odd"`` -- ``chi(-f) = -chi(f)`` up to float rounding, but not homogeneous (MEDI: its
+      cost in radians is odd-symmetric, while the nonlinear data term and the fixed lambda make
+      the result depend on the field's scale).
+    * ``None`` (default) -- nothing is guaranteed (e.g. learned methods); such a method is not
+      checked.
 
 Instance attributes set by a method
 -----------------------------------
@@ -64,6 +76,8 @@ from .errors import ConfigError
 from .volume import Volume
 
 USES = frozenset({"magnitude", "chi_init", "gpu", "training"})
+#: Values of ``Method.symmetry`` besides None (see the module docstring).
+SYMMETRIES = ("linear", "odd")
 
 
 class Method:
@@ -79,6 +93,8 @@ class Method:
     parameter_types: ClassVar[dict[str, type]] = {}
     #: How the defaults were tuned on data (None: from the paper); see the module docstring.
     tuned_on: ClassVar[dict[str, Any] | None] = None
+    #: What the method guarantees under f -> a f ("linear", "odd" or None); see the module docstring.
+    symmetry: ClassVar[str | None] = None
 
     def __init__(self, *, profile: str | None = None, seed: int = 0, device: str = "cpu",
                  **params: Any):
@@ -197,6 +213,8 @@ def check_class(cls: type) -> list[str]:
     unknown = set(cls.uses) - USES
     if unknown:
         problems.append(f"{cls.__name__}.uses has unknown entries {sorted(unknown)}; allowed: {sorted(USES)}")
+    if cls.symmetry is not None and cls.symmetry not in SYMMETRIES:
+        problems.append(f"{cls.__name__}.symmetry must be None or one of {list(SYMMETRIES)}, got {cls.symmetry!r}")
     if not cls.references:
         problems.append(f"{cls.__name__}.references must cite the method's paper")
     if cls.reconstruct is Method.reconstruct:

@@ -629,6 +629,8 @@ def test_gated_download_with_credentials_and_conversion(rc2, server, tmp_path, m
     np.testing.assert_array_equal(vol.labels, a["labels"])
     np.testing.assert_array_equal(vol.magnitude, a["magnitude"][..., 0])        # the first echo
     assert vol.b0_tesla == 7.0 and vol.te_s == 0.004 and vol.b0_dir == (0.0, 0.0, 1.0)
+    # the echo spacing (MEDI's radians are per echo spacing) reaches the methods
+    assert vol.meta["echo_spacing_s"] == 0.008 and vol.for_method().meta["echo_spacing_s"] == 0.008
     meta = json.loads((out / "meta.json").read_text())
     assert meta["metric_extras"] == {"label_scheme": "rc2", "calc_moment_gt": -1.25}
     assert meta["original_units"]["field"] == "Hz" and "Hz -> ppm" in meta["conversions"][0]
