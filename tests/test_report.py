@@ -345,3 +345,23 @@ def test_data_checksums_are_of_the_uncompressed_volume_files(case):
     tb = case["table"]
     assert set(tb.loc[tb["dataset"] == "alpha", "data_sha256"]) == {results.digest_of(sums)}
     assert results.digest_of({}) == ""
+
+
+def test_not_run_datasets_and_profile_reasons(tmp_path):
+    """Datasets skipped at start-up are listed under "Not run"; the parameter table says which
+    profile each method ran with and why (run.json's profile_reason)."""
+    paths, _ = build_case(tmp_path)
+    table = results.collect(paths)
+    table["profile"] = "quick"
+    table["profile_reason"] = "auto → quick: no CUDA device"
+    why = "dataset 'rc2_sim1snr1' is gated (...); 'qsmbench fetch rc2_sim1snr1' explains how to get access"
+    page = report.render_report(table, tmp_path / "r.html", not_run={"rc2_sim1snr1": why}).read_text()
+    not_run = cells(table_html(page, "table-not-run"))
+    assert not_run == ["rc2_sim1snr1", why]
+    assert "rc2_sim1snr1 (see Not run below)" in html.unescape(section(page, "overview"))
+    params = cells(section(page, "parameters"))
+    assert "quick (auto → quick: no CUDA device)" in params
+    # without skipped datasets there is no such table, and a plain requested profile shows alone
+    table["profile_reason"] = "requested"
+    page = report.render_report(table, tmp_path / "r2.html").read_text()
+    assert "table-not-run" not in page and "quick" in cells(section(page, "parameters"))

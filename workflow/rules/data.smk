@@ -8,7 +8,7 @@ rule simulate_phantom:
     log:
         "logs/data/{dataset}.log",
     conda:
-        ENV
+        ENV_CORE
     threads: 2
     resources:
         mem_mb=4000,
