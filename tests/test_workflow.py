@@ -196,8 +196,8 @@ def test_unavailable_datasets_are_skipped_with_a_warning_or_stop_when_strict(tmp
     assert out.count("SKIPPED") == 2
     jobs = planned_jobs(out)
     assert jobs["reconstruct"] == ["dataset=ph, perturbation=none, run=tkd"] and "prepare_dataset" not in jobs
-    strict = run_snakemake(work, "-n", "--cores", "1", "--configfile", str(work / "my.yaml"), "--config", "strict_datasets=true",
-                           env=env)
+    strict = run_snakemake(work, "-n", "--cores", "1", "--configfile", str(work / "my.yaml"),
+                           "--config", "strict_datasets=true", env=env)
     err = strict.stdout + strict.stderr
     assert strict.returncode != 0
     assert "2 dataset(s) cannot run (strict_datasets: true)" in err
