@@ -7,6 +7,7 @@ from pathlib import Path
 # The workflow uses the qsmbench package of this checkout, installed or not.
 sys.path.insert(0, str(Path(workflow.basedir)))
 
+import json  # noqa: E402
 import re  # noqa: E402
 
 from snakemake.logging import logger  # noqa: E402
@@ -78,8 +79,16 @@ def _unavailable_datasets():
 
 # Datasets whose data cannot be had (gated files absent, download unreachable) are skipped with a
 # warning and listed under "not run" in the report; strict_datasets: true makes that an error.
-NOT_RUN = _unavailable_datasets() if workflow.is_main_process else {}
-if NOT_RUN:
+# The main process decides and records it; a job that re-parses this file on a cluster node reads
+# that record, so that its inputs (e.g. the report's) match the main process's plan.
+NOT_RUN_FILE = Path(".snakemake/qsmbench/not_run.json")
+if workflow.is_main_process:
+    NOT_RUN = _unavailable_datasets()
+    NOT_RUN_FILE.parent.mkdir(parents=True, exist_ok=True)
+    NOT_RUN_FILE.write_text(json.dumps(NOT_RUN, indent=1))
+else:
+    NOT_RUN = json.loads(NOT_RUN_FILE.read_text()) if NOT_RUN_FILE.exists() else {}
+if NOT_RUN and workflow.is_main_process:
     if config.get("strict_datasets", False) or len(NOT_RUN) == len(config["datasets"]):
         raise WorkflowError("\n".join(
             [f"{len(NOT_RUN)} dataset(s) cannot run"
