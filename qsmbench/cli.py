@@ -51,11 +51,18 @@ def cmd_phantom(args) -> int:
 
 
 def cmd_reconstruct(args) -> int:
+    from .devices import resolve_profile  # noqa: PLC0415
     from .io import volume_from_files, write_json, write_nifti  # noqa: PLC0415
-    from .runner import run_method  # noqa: PLC0415
+    from .registry import get_method_class  # noqa: PLC0415
+    from .runner import resolve_device, run_method  # noqa: PLC0415
 
     vol = volume_from_files(args.field, args.mask, magnitude=args.magnitude, b0_dir=tuple(args.b0_dir),
                             b0_tesla=args.b0, te_s=args.te)
+    # say which profile and device run before a possibly long training (run_method resolves the same)
+    cls = get_method_class(args.method, extra_dirs=args.methods_dir or [])
+    device = resolve_device(args.device) if "gpu" in cls.uses else "cpu"
+    profile, reason = resolve_profile(cls, args.profile, device, requested_device=args.device)
+    print(f"{args.method}: profile {profile} ({reason}); device {device}", file=sys.stderr)
     result = run_method(args.method, vol, params=_params(args.param), profile=args.profile,
                         seed=args.seed, device=args.device, extra_dirs=args.methods_dir or [],
                         identity={"dataset": str(args.field), "perturbation": "none"})
@@ -70,8 +77,8 @@ def cmd_reconstruct(args) -> int:
     record["output"] = str(out)
     if args.run_json:
         write_json(args.run_json, record)
-    print(f"{args.method}: wrote {out} ({record['wall_s']:.2f} s, peak RSS {record['peak_rss_mb']:.0f} MB)",
-          file=sys.stderr)
+    print(f"{args.method}: wrote {out} ({record['wall_s']:.2f} s, peak RSS {record['peak_rss_mb']:.0f} MB; "
+          f"profile {record['profile']}, {record['device']})", file=sys.stderr)
     return 0
 
 
@@ -180,9 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--b0", type=float, default=None, help="field strength, T (default 3)")
     s.add_argument("--te", type=float, default=None, help="echo time, s (default 0.025)")
     s.add_argument("--param", action="append", metavar="KEY=VALUE", help="method parameter (repeatable)")
-    s.add_argument("--profile", default=None, help="method profile, e.g. quick or paper")
+    s.add_argument("--profile", default="auto",
+                   help="method profile: auto (default, as in the workflow: paper on a CUDA GPU, quick on the CPU), "
+                        "quick, paper or another the method defines")
     s.add_argument("--seed", type=int, default=None)
-    s.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    s.add_argument("--device", default="auto", help="auto (default: CUDA when available), cpu, cuda or cuda:N")
     s.add_argument("--run-json", default=None, help="also write the run record (timing, memory) here")
     s.add_argument("--methods-dir", **methods_dir)
     s.set_defaults(func=cmd_reconstruct)

@@ -18,6 +18,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from .devices import candidate_profiles
 from .errors import ConfigError, MethodError
 
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "config.schema.json"
@@ -55,6 +56,7 @@ def validate_config(config: Mapping[str, Any], *, source: str = "config",
     e.g. ``config/config.yaml: key 'datasets.phantom.shape': 'x' is not of type 'array'``.
     """
     config = json.loads(json.dumps(config))  # plain types, a copy
+    _cli_booleans(config)
     validator = jsonschema.Draft202012Validator(schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(list(e.absolute_path)), e.path))
     if errors:
@@ -65,6 +67,16 @@ def validate_config(config: Mapping[str, Any], *, source: str = "config",
         _check_methods(config, source)
     _check_run_filters(config, perturbation_plan(config, source=source), source)
     return config
+
+
+def _cli_booleans(config: dict) -> None:
+    """Top-level boolean keys given as text (``snakemake --config strict_datasets=true`` passes the
+    string 'true') become booleans; anything else is left for the schema to reject."""
+    words = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+    for key, spec in schema()["properties"].items():
+        value = config.get(key)
+        if spec.get("type") == "boolean" and isinstance(value, str) and value.strip().lower() in words:
+            config[key] = words[value.strip().lower()]
 
 
 def _most_specific(error: jsonschema.ValidationError) -> jsonschema.ValidationError:
@@ -82,7 +94,7 @@ def method_runs(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         spec = spec or {}
         runs[run_id] = {
             "method": spec.get("method", run_id),
-            "profile": spec.get("profile", config.get("profile", "quick")),
+            "profile": spec.get("profile", config.get("profile", "auto")),
             "params": dict(spec.get("params", {})),
         }
     return runs
@@ -105,9 +117,36 @@ def _check_methods(config: Mapping[str, Any], source: str) -> None:
         if info.cls is None:  # unavailable at import time; the run will record the reason
             continue
         try:
-            info.cls.resolve_parameters(run["params"], profile=run["profile"])
+            for profile in candidate_profiles(run["profile"]):  # auto: quick on the CPU, paper on CUDA
+                info.cls.resolve_parameters(run["params"], profile=_defined(info.cls, profile))
         except ConfigError as exc:
             raise ConfigError(f"{source}: key '{key}': {exc}") from None
+
+
+def _defined(cls, profile: str | None) -> str | None:
+    """``profile``, or ``default`` when ``auto`` would fall back to the defaults (see resolve_profile)."""
+    return profile if profile is None or profile in cls.profiles else "default"
+
+
+def without_datasets(config: Mapping[str, Any], names) -> dict:
+    """A copy of a validated ``config`` without the datasets ``names`` (e.g. gated data not present).
+
+    Perturbation entries that list datasets lose those names, and an entry left with none is
+    dropped, so that :func:`perturbation_plan` of the result plans only the remaining datasets.
+    """
+    names = set(names)
+    out = json.loads(json.dumps(config))
+    out["datasets"] = {d: spec for d, spec in out["datasets"].items() if d not in names}
+    perts = []
+    for item in out.get("perturbations", []):
+        if isinstance(item, Mapping) and "datasets" in item:
+            kept = [d for d in item["datasets"] if d not in names]
+            if not kept:
+                continue
+            item = {**item, "datasets": kept}
+        perts.append(item)
+    out["perturbations"] = perts
+    return out
 
 
 def config_hash(config: Mapping[str, Any]) -> str:

@@ -67,6 +67,7 @@ FIGURE_KINDS = ("ranking", "robustness", "montage", "cost")
 DEFAULT_CAPTIONS = {
     "overview": "What this report covers: datasets, perturbations, methods and references.",
     "run_status": "Successful runs out of all runs, per method and dataset.",
+    "not_run": "Configured datasets that were skipped at start-up because their data could not be had, and why.",
     "run_status_detail": "Status of every run per perturbation (rows) and method (columns).",
     "headline": "The best method per headline metric on the unperturbed data.",
     "statistics": "How the statistics are computed.",
@@ -279,7 +280,7 @@ def render_report(table: pd.DataFrame | str | os.PathLike, out_html: str | os.Pa
                   data_dirs: Mapping[str, str | os.PathLike] | None = None,
                   title: str | None = None, labels: Mapping[str, str] | None = None,
                   confidence: float = stats.CONFIDENCE, alpha: float = stats.ALPHA,
-                  correction: str = "holm") -> Path:
+                  correction: str = "holm", not_run: Mapping[str, str] | None = None) -> Path:
     """Write the report as one self-contained HTML file (atomically); return its path.
 
     Parameters
@@ -306,6 +307,8 @@ def render_report(table: pd.DataFrame | str | os.PathLike, out_html: str | os.Pa
     labels : display names of run ids (default :data:`qsmbench.figures.KNOWN_METHODS`, else the id).
     confidence, alpha, correction : the t-interval's confidence level, the significance level
         and the multiple-comparison correction of the paired tests (:mod:`qsmbench.stats`).
+    not_run : {dataset: why} of configured datasets that did not run (e.g. gated data absent):
+        listed under "Not run" in the overview.
     """
     source = "the results table"
     if not isinstance(table, pd.DataFrame):
@@ -337,7 +340,7 @@ def render_report(table: pd.DataFrame | str | os.PathLike, out_html: str | os.Pa
         "css": Markup((report_dir / STYLE).read_text(encoding="utf-8")) if (report_dir / STYLE).is_file()
         else "",
         "sections": SECTIONS,
-        "overview": _overview(b, headline),
+        "overview": _overview(b, headline, not_run or {}),
         "datasets": _results(b, headline),
         "robustness": _robustness(b, robustness_metrics),
         "montages": montage_figures,
@@ -391,7 +394,7 @@ def montages_from_runs(run_json_paths: Sequence[str | os.PathLike],
 
 
 # --------------------------------------------------------------------------- overview
-def _overview(b: _Builder, headline: Sequence[str]) -> dict[str, Any]:
+def _overview(b: _Builder, headline: Sequence[str], not_run: Mapping[str, str] | None = None) -> dict[str, Any]:
     df, run_table = b.df, b.run_table
     n_ok = int((run_table["run_status"] == "ok").sum())
     refs = sorted({r for r in df["reference"] if r})
@@ -402,6 +405,7 @@ def _overview(b: _Builder, headline: Sequence[str]) -> dict[str, Any]:
     methods = sorted(set(df["method"]))
     facts = [
         ("datasets", ", ".join(sorted(set(df["dataset"]))) or "none"),
+        *([("not run", ", ".join(sorted(not_run)) + " (see Not run below)")] if not_run else []),
         ("references", ", ".join(refs) or "none"),
         ("perturbations", f"{n_ids} id{'s' if n_ids != 1 else ''} (none" + (f"; {axes_text})" if axes_text else ")")),
         ("methods", ", ".join(figures.style_of(b.styles, m).label for m in methods) or "none"),
@@ -428,7 +432,7 @@ def _overview(b: _Builder, headline: Sequence[str]) -> dict[str, Any]:
     status = b.table("run_status", ["method", *datasets], rows,
                      f"qsmbench.report from {b.source}: run_status of every (dataset, perturbation, method, seed)",
                      title="Run status", collapsed=False, anchor="run-status")
-    details = []
+    details = [_not_run(b, not_run)] if not_run else []
     for d in datasets:
         sel = run_table[run_table["dataset"] == d]
         ms = sorted(set(sel["method"]))
@@ -801,7 +805,7 @@ def _parameters(b: _Builder) -> dict[str, Any]:
             same = g[g["parameters"] == params]
             rows.append([b.method_cell(m), _cell(m, cls="key"),
                          _cell(", ".join(sorted({x for x in g["method_name"] if x})) or "—"),
-                         _cell(", ".join(sorted({x for x in g["profile"] if x})) or "—"),
+                         _profile_cell(g),
                          _cell(text or "(defaults: none)", cls="params"),
                          _provenance_cell(same["trained_on"]), _provenance_cell(same["tuned_on"]),
                          _cell(f"{n}" + (f" of {len(g)}" if len(sets) > 1 else ""), cls="num")])
@@ -854,6 +858,20 @@ def _provenance_cell(values) -> dict[str, str]:
     shown = sorted({provenance_text(v) for v in texts})
     cls = "na" if shown == ["—"] else "params"
     return _cell(" | ".join(shown), title="; ".join(t for t in texts if t), cls=cls)
+
+
+def _profile_cell(g: pd.DataFrame) -> dict[str, str]:
+    """The profile(s) a method ran with and why (run.json's profile_reason, e.g. auto → quick)."""
+    pairs = sorted({(p, r) for p, r in zip(g["profile"], g["profile_reason"], strict=True) if p or r})
+    text = "; ".join(f"{p or '—'} ({r})" if r and r != "requested" else (p or "—") for p, r in pairs)
+    return _cell(text or "—", title="; ".join(r for _, r in pairs if r))
+
+
+def _not_run(b: _Builder, not_run: Mapping[str, str]) -> dict[str, Any]:
+    rows = [[_cell(d, cls="key"), _cell(why, cls="error")] for d, why in sorted(not_run.items())]
+    return b.table("not_run", ["dataset", "why"], rows,
+                   "the workflow's start-up check (qsmbench.datasets.availability): datasets skipped before any job",
+                   title="Not run", collapsed=False, anchor="not-run")
 
 
 def _failures(b: _Builder) -> dict[str, Any]:

@@ -64,6 +64,8 @@ COLUMNS: dict[str, str] = {
     "peak_gpu_mb": "peak GPU memory of the run, MB; NaN when no GPU was used",
     "method_name": "registered name of the Method class that ran (several runs may share one)",
     "profile": "parameter profile of the run (e.g. 'quick', 'paper'); '' when none",
+    "profile_reason": "why that profile ran, e.g. 'auto → quick: no CUDA device' or 'requested'; '' when "
+                      "not recorded",
     "device": "device the method ran on (e.g. 'cpu', 'cuda:0 (NVIDIA H100)')",
     "parameters": "the method's parameters as JSON (sorted keys)",
     "qsmbench_version": "qsmbench version that ran the reconstruction",
@@ -88,7 +90,7 @@ EXTRA_COLUMNS: dict[str, str] = {
 }
 
 #: Schema columns newer than some stored tables: filled with '' when a table lacks them.
-_ADDED_COLUMNS = ("data_sha256", "phantom_model", "phantom_version", "trained_on", "tuned_on")
+_ADDED_COLUMNS = ("data_sha256", "phantom_model", "phantom_version", "trained_on", "tuned_on", "profile_reason")
 
 #: The columns that identify a row, in sort order.
 KEY_COLUMNS = ("dataset", "reference", "perturbation", "method", "seed", "metric")
@@ -264,6 +266,7 @@ def _rows_of(record: Any, path: Path) -> list[dict[str, Any]]:
         "peak_gpu_mb": _number(run.get("peak_gpu_mb")),
         "method_name": _text(run.get("method")),
         "profile": _text(run.get("profile")),
+        "profile_reason": _text(run.get("profile_reason")),
         "device": _text(run.get("device")),
         "parameters": json.dumps(run.get("parameters") or {}, sort_keys=True, default=str),
         "qsmbench_version": _text(run.get("qsmbench_version")),
@@ -413,9 +416,9 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
 def runs(df: pd.DataFrame) -> pd.DataFrame:
     """One row per run (dataset, perturbation, method, seed) with its run-level columns."""
     cols = ["dataset", "perturbation", "method", "seed", "run_status", "error", "wall_s", "cpu_s",
-            "prepare_s", "peak_rss_mb", "peak_gpu_mb", "method_name", "profile", "device", "parameters",
-            "qsmbench_version", "git_commit", "data_sha256", "phantom_model", "phantom_version", "trained_on",
-            "tuned_on"]
+            "prepare_s", "peak_rss_mb", "peak_gpu_mb", "method_name", "profile", "profile_reason", "device",
+            "parameters", "qsmbench_version", "git_commit", "data_sha256", "phantom_model", "phantom_version",
+            "trained_on", "tuned_on"]
     out = df[cols].drop_duplicates(subset=["dataset", "perturbation", "method", "seed"])
     return out.sort_values(["dataset", "perturbation", "method", "seed"]).reset_index(drop=True)
 

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from .devices import resolve_profile
 from .errors import MethodUnavailableError
 from .io import write_json, write_nifti
 from .method import Method
@@ -60,27 +61,35 @@ def git_commit(path: str | os.PathLike | None = None) -> str | None:
 
 
 def resolve_device(requested: str = "auto") -> str:
-    """``auto`` -> ``cuda`` when torch sees a GPU (only if torch is already importable), else cpu."""
-    if requested not in ("auto", "cpu", "cuda") and not requested.startswith("cuda:"):
-        raise ValueError(f"device must be auto, cpu or cuda[:N], got {requested!r}")
+    """``auto`` -> ``cuda`` when torch sees a GPU (only if torch is already importable), else cpu.
+
+    ``cuda`` or ``cuda:N`` where torch sees no such device is a ValueError naming it.
+    """
+    if requested not in ("auto", "cpu", "cuda") and not (requested.startswith("cuda:")
+                                                          and requested[5:].isdigit()):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {requested!r}")
     if requested == "cpu":
         return "cpu"
     try:
         import torch  # noqa: PLC0415 - optional dependency
-        has_cuda = torch.cuda.is_available()
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     except ImportError:
-        has_cuda = False
+        count = 0
     if requested == "auto":
-        return "cuda" if has_cuda else "cpu"
-    if not has_cuda:
+        return "cuda" if count else "cpu"
+    if not count:
         raise ValueError(f"device {requested!r} requested but no CUDA device is available")
+    if ":" in requested and int(requested[5:]) >= count:
+        raise ValueError(f"device {requested!r} requested but only {count} CUDA device(s) are available")
     return requested
 
 
 def device_description(device: str) -> str:
+    """The device with its name, e.g. ``cuda:0 (NVIDIA H200)`` or ``cpu (x86_64, 16 logical cores)``."""
     if device.startswith("cuda"):
         import torch  # noqa: PLC0415
-        return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+        index = int(device[5:]) if device.startswith("cuda:") else torch.cuda.current_device()
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} logical cores)"
 
 
@@ -148,13 +157,17 @@ def run_method(method: str | Method, vol: Volume, *, params: Mapping[str, Any] |
     """Prepare (untimed) and run (timed) ``method`` on ``vol``; never raises for method failures.
 
     ``identity`` (dataset, perturbation, repetition) feeds :func:`derive_seed` when ``seed`` is
-    None and is copied into the record.
+    None and is copied into the record.  ``profile="auto"`` becomes ``paper`` on a CUDA device and
+    ``quick`` on the CPU (:func:`qsmbench.devices.resolve_profile`); the record keeps the profile
+    that ran, the one requested and why.
     """
     identity = dict(identity or {})
+    requested_profile = profile
     if isinstance(method, Method):
         instance = method
         name = type(method).name
         seed = instance.seed if seed is None else seed
+        profile, profile_reason = instance.profile, "set on the method instance"
     else:
         name = method
         cls = get_method_class(name, extra_dirs=extra_dirs)
@@ -162,14 +175,18 @@ def run_method(method: str | Method, vol: Volume, *, params: Mapping[str, Any] |
             seed = derive_seed(identity.get("dataset", vol.name), identity.get("perturbation", "none"),
                                name, identity.get("repetition", 0))
         dev = resolve_device(device) if "gpu" in cls.uses else "cpu"
+        profile, profile_reason = resolve_profile(cls, profile, dev, requested_device=device)
         instance = cls(profile=profile, seed=seed, device=dev, **dict(params or {}))
     record: dict[str, Any] = {
         "method": name,
         **identity,
         "parameters": dict(instance.params),
         "profile": profile,
+        "profile_requested": requested_profile,
+        "profile_reason": profile_reason,
         "seed": int(seed),
         "device": device_description(instance.device),
+        "device_requested": device,
         "qsmbench_version": __version__,
         "git_commit": git_commit(),
         "python": platform.python_version(),
@@ -297,7 +314,9 @@ def run_job(volume_dir: str | os.PathLike, run_json: str | os.PathLike, *, run_i
     except MethodUnavailableError as exc:
         # e.g. torch not installed: only this run fails, with the reason, and the workflow goes on
         record = {"method": method, **identity, "parameters": dict(params or {}), "profile": profile,
-                  "seed": seed, "device": "", "qsmbench_version": __version__, "git_commit": git_commit(),
+                  "profile_requested": profile, "profile_reason": "not resolved: the method is unavailable",
+                  "seed": seed, "device": "", "device_requested": device, "qsmbench_version": __version__,
+                  "git_commit": git_commit(),
                   "status": "failed", "error": f"{type(exc).__name__}: {exc}", "traceback": None,
                   "wall_s": None, "cpu_s": None, "prepare_s": None, "peak_rss_mb": None,
                   "peak_gpu_mb": None, "notes": []}

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from qsmbench.config import load_config, method_runs, validate_config
+from qsmbench.config import load_config, method_runs, perturbation_plan, validate_config, without_datasets
 from qsmbench.errors import ConfigError
 
 GOOD = {"datasets": {"phantom": {"type": "phantom", "shape": [32, 32, 32]}},
@@ -21,8 +21,9 @@ def test_default_and_paper_configs_validate():
 
 
 def test_method_runs_fill_defaults():
+    # no profile key: auto, the default of the schema and of config/config.yaml (paper on CUDA, quick on the CPU)
     runs = method_runs(validate_config(GOOD))
-    assert runs["tkd"] == {"method": "tkd", "profile": "quick", "params": {}}
+    assert runs["tkd"] == {"method": "tkd", "profile": "auto", "params": {}}
     assert runs["tkd_s"]["method"] == "tkd" and runs["tkd_s"]["params"] == {"variant": "shmueli"}
 
 
@@ -101,3 +102,40 @@ def test_simulate_rules_rerun_when_the_phantom_version_changes():
     assert set(rules) == {"rule simulate_phantom", "rule prepare_brainweb"}
     for body in rules.values():
         assert "phantom_version=PHANTOM_VERSION" in body.split("params:")[1].split("log:")[0]
+
+
+def test_without_datasets_prunes_perturbation_entries():
+    cfg = validate_config({
+        "datasets": {"a": {"type": "phantom"}, "b": {"type": "phantom"}},
+        "perturbations": ["none", {"noise": {"snr": [20]}}, {"orientation": {"angles_deg": [0]}, "datasets": ["b"]},
+                         {"resolution": {"voxel_size_mm": [2]}, "datasets": ["a", "b"]}],
+        "methods": {"tkd": {}}})
+    out = without_datasets(cfg, ["b"])
+    assert list(out["datasets"]) == ["a"]
+    assert out["perturbations"] == ["none", {"noise": {"snr": [20]}},
+                                    {"resolution": {"voxel_size_mm": [2]}, "datasets": ["a"]}]
+    assert set(perturbation_plan(out)) == {"a"} and "orient-0" not in perturbation_plan(out)["a"]
+    assert list(cfg["datasets"]) == ["a", "b"]  # the input is not changed
+
+
+@pytest.mark.parametrize("value,expected", [("true", True), ("False", False), (True, True), ("1", True)])
+def test_boolean_keys_given_as_text_on_the_command_line(value, expected):
+    # snakemake --config strict_datasets=true passes the text 'true'
+    assert validate_config({**GOOD, "strict_datasets": value})["strict_datasets"] is expected
+
+
+@pytest.mark.parametrize("device,ok", [("auto", True), ("cpu", True), ("cuda", True), ("cuda:1", True),
+                                       ("gpu", False), ("cuda:x", False)])
+def test_device_key(device, ok):
+    if ok:
+        assert validate_config({**GOOD, "device": device})["device"] == device
+    else:
+        with pytest.raises(ConfigError, match="key 'device'"):
+            validate_config({**GOOD, "device": device})
+
+
+def test_profile_auto_validates_parameters_for_both_profiles():
+    # auto may become quick or paper: a parameter override is checked against the method either way
+    assert validate_config({**GOOD, "profile": "auto"})["profile"] == "auto"
+    with pytest.raises(ConfigError, match="key 'methods.tkd'.*no parameter 'nosuch'"):
+        validate_config({**GOOD, "profile": "auto", "methods": {"tkd": {"params": {"nosuch": 1}}}})

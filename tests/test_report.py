@@ -369,3 +369,23 @@ def test_method_table_says_what_each_run_was_trained_and_tuned_on(tmp_path):
     assert rows["inr_qsm_fast"][j] == "regularisation weights; phantom mni; 1 seed 2000011 (tune range)"
     assert rows["exact"][i] == "—" and rows["exact"][j] == "—"
     assert report.provenance_text(None) == "—" and report.provenance_text("") == "—"
+
+
+def test_not_run_datasets_and_profile_reasons(tmp_path):
+    """Datasets skipped at start-up are listed under "Not run"; the parameter table says which
+    profile each method ran with and why (run.json's profile_reason)."""
+    paths, _ = build_case(tmp_path)
+    table = results.collect(paths)
+    table["profile"] = "quick"
+    table["profile_reason"] = "auto → quick: no CUDA device"
+    why = "dataset 'rc2_sim1snr1' is gated (...); 'qsmbench fetch rc2_sim1snr1' explains how to get access"
+    page = report.render_report(table, tmp_path / "r.html", not_run={"rc2_sim1snr1": why}).read_text()
+    not_run = cells(table_html(page, "table-not-run"))
+    assert not_run == ["rc2_sim1snr1", why]
+    assert "rc2_sim1snr1 (see Not run below)" in html.unescape(section(page, "overview"))
+    params = cells(section(page, "parameters"))
+    assert "quick (auto → quick: no CUDA device)" in params
+    # without skipped datasets there is no such table, and a plain requested profile shows alone
+    table["profile_reason"] = "requested"
+    page = report.render_report(table, tmp_path / "r2.html").read_text()
+    assert "table-not-run" not in page and "quick" in cells(section(page, "parameters"))

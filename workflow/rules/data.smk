@@ -17,7 +17,7 @@ rule simulate_phantom:
     log:
         "logs/data/{dataset}.log",
     conda:
-        ENV
+        ENV_CORE
     threads: 2
     resources:
         mem_mb=4000,
@@ -37,7 +37,7 @@ rule prepare_brainweb:
     log:
         "logs/data/{dataset}.log",
     conda:
-        ENV
+        ENV_CORE
     # the first use downloads the subject's files (about 12 files): on the submitting host
     localrule: True
     threads: 2

@@ -11,11 +11,11 @@ rule reconstruct:
     log:
         "logs/recon/{dataset}/{perturbation}/{run}.log",
     conda:
-        ENV
+        run_env  # the deep-learning environment for torch/GPU methods, else the core one (common.smk)
     threads: config.get("threads", 1)
     resources:
         mem_mb=reconstruct_mem_mb,
-        gpu=reconstruct_gpus,
+        gpu=reconstruct_gpus,  # 1 for GPU-capable methods (SLURM plugin: --gpus=1), else none
         runtime=60,
     script:
         "../scripts/reconstruct.py"

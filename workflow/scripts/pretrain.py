@@ -8,11 +8,12 @@ import time
 import traceback
 
 from qsmbench import __version__
+from qsmbench.devices import resolve_profile
 from qsmbench.errors import MethodUnavailableError
 from qsmbench.io import write_json
 from qsmbench.jobs import job
 from qsmbench.registry import get_method_class
-from qsmbench.runner import git_commit, resolve_device, set_threads
+from qsmbench.runner import device_description, git_commit, resolve_device, set_threads
 
 
 def pretrain_job(out_json, *, run_id, method, params, profile, device="auto", threads=None, extra_dirs=()):
@@ -29,10 +30,14 @@ def pretrain_job(out_json, *, run_id, method, params, profile, device="auto", th
     try:
         cls = get_method_class(method, extra_dirs=extra_dirs)
         dev = resolve_device(device) if "gpu" in cls.uses else "cpu"
-        instance = cls(profile=profile, device=dev, **dict(params or {}))
+        # 'auto' resolves as in the reconstruct jobs (paper on CUDA, quick on the CPU), so that they
+        # find these weights in the cache
+        resolved, reason = resolve_profile(cls, profile, dev, requested_device=device)
+        record.update(profile=resolved, profile_requested=profile, profile_reason=reason)
+        instance = cls(profile=resolved, device=dev, **dict(params or {}))
         t0 = time.perf_counter()
         instance.prepare([])
-        record.update(status="ok", device=dev, prepare_s=time.perf_counter() - t0, notes=list(instance.notes),
+        record.update(status="ok", device=device_description(dev), prepare_s=time.perf_counter() - t0, notes=list(instance.notes),
                       training=dict(getattr(instance, "training_record", {})))
     except MethodUnavailableError as exc:
         record.update(status="unavailable", error=str(exc))
