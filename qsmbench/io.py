@@ -21,7 +21,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -71,9 +71,7 @@ def read_nifti(path: str | os.PathLike, *, role: str = "image") -> tuple[np.ndar
 
 def write_nifti(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray, *,
                 dtype=None) -> Path:
-    """Write ``data`` atomically (temporary file + rename) as NIfTI-1."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``data`` atomically (temporary file + rename, :func:`atomic_write`) as NIfTI-1."""
     arr = np.asarray(data)
     if dtype is not None:
         arr = arr.astype(dtype)
@@ -83,27 +81,50 @@ def write_nifti(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray, *
         arr = arr.astype(np.float32)
     img = nib.Nifti1Image(arr, np.asarray(affine, dtype=float))
     img.header.set_xyzt_units("mm", "sec")
-    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: nib.save(img, tmp))
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write JSON atomically, sorted and indented, with numpy scalars converted."""
+    text = json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n"
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+#: The process's umask, read once at import (``os.umask`` can only be read by setting it).
+_UMASK = _read_umask()
+
+#: Marker in the names of :func:`atomic_write`'s temporary files (hidden: they start with '.').
+TEMP_MARKER = ".qsmtmp-"
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
+    """Call ``write(temporary_path)``, then rename the temporary file onto ``path``.
+
+    The one way every output of qsmbench is written (NIfTI, JSON, parquet, CSV, figures, the
+    report): the temporary file sits in ``path``'s folder (so the rename is atomic on POSIX and
+    Windows) and ends with ``path``'s own suffixes (``.nii.gz``, ``.png``: writers that infer the
+    format from the name keep working).  An interrupted write (exception, SIGINT, SIGKILL) never
+    leaves a truncated file under the final name: readers see the old content or the new one.
+    On an exception the temporary file is removed; after a SIGKILL a hidden
+    ``.{name}.qsmtmp-*`` file may remain, which nothing reads.  The file gets the permissions a
+    plain ``open()`` would give it (0666 less the umask), not mkstemp's 0600.  There is no
+    fsync: the guarantee is against interruption of the process, not against power loss.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    name = path.name
+    suffix = "".join(path.suffixes[-2:]) if name.endswith(".nii.gz") else path.suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}{TEMP_MARKER}", suffix=suffix, dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=2, sort_keys=True, default=_json_default)
-            fh.write("\n")
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -21,7 +21,10 @@ def job(smk, name: str | None = None):
     name = name or getattr(smk, "rule", "job")
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_path:
-        handlers.append(logging.FileHandler(log_path, mode="w"))
+        # truncate, then append: the isolated method process's output (qsmbench.isolate) is
+        # appended to the same file, so both writers must write at its end
+        open(log_path, "w").close()
+        handlers.append(logging.FileHandler(log_path, mode="a"))
     logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.captureWarnings(True)

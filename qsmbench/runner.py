@@ -1,9 +1,12 @@
-"""Run one method on one volume: seeding, timing, peak memory, device, output validation.
+"""Run one method on one volume: seeding, timing, peak memory, device, output validation, isolation.
 
-:func:`run_method` never raises for a failure *of the method*: an exception, a wrong shape or
-non-finite values give ``status: "failed"`` in ``run.json`` (with the error) and no chi file, so
-the workflow goes on and the report shows the failure.  Problems of the *caller* (bad volume,
-unknown method, bad parameters when ``strict``) do raise.
+:func:`run_method` (in this process) and :func:`run_job` (one workflow job, by default in a child
+process with a wall-clock and a memory limit) never raise for a failure *of the method*: an
+exception, a wrong shape or non-finite values, a crash, a hang or runaway memory give a
+``status`` of ``failed``, ``timeout`` or ``oom`` (:data:`STATUSES`) in ``run.json``, with the
+error (and the last lines of the method's output), and no chi file, so the workflow goes on and
+the report shows the failure.  Problems of the *caller* (bad volume, unknown method, bad
+parameters) do raise.
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ import hashlib
 import logging
 import os
 import platform
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -26,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .errors import MethodUnavailableError
+from .errors import ConfigError, MethodUnavailableError, QsmbenchError
 from .io import write_json, write_nifti
 from .method import Method
 from .physics import count_ffts, set_fft_workers
@@ -37,6 +42,13 @@ log = logging.getLogger(__name__)
 
 CHI_FILE = "chi_ppm.nii.gz"
 RUN_FILE = "run.json"
+#: Prefix of the isolated runs' scratch folders inside a job's output folder.
+SCRATCH_PREFIX = ".qsmbench-run-"
+
+#: Status of a run in run.json: ``ok``; ``failed`` (the method raised, returned a bad array or its
+#: process crashed); ``timeout`` (killed past its wall-clock limit); ``oom`` (out of memory: a
+#: MemoryError, or killed past its memory limit or by the system's out-of-memory killer).
+STATUSES = ("ok", "failed", "timeout", "oom")
 
 
 def derive_seed(*parts: Any) -> int:
@@ -141,14 +153,59 @@ def seed_everything(seed: int) -> None:
         torch.manual_seed(seed)
 
 
+def _base_record(name: str, identity: Mapping[str, Any], params: Mapping[str, Any], profile: str | None,
+                 seed: int, device: str, vol: Volume) -> dict[str, Any]:
+    """The fields of run.json that exist before the method runs (``status`` still None)."""
+    return {
+        "method": name,
+        **identity,
+        "parameters": dict(params),
+        "profile": profile,
+        "seed": int(seed),
+        "device": device,
+        "qsmbench_version": __version__,
+        "git_commit": git_commit(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "started_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "input_shape": list(vol.shape),
+        "voxel_size_mm": list(vol.voxel_size_mm),
+        "b0_dir": list(vol.b0_dir),
+        "has_magnitude": vol.magnitude is not None,
+        "status": None,
+        "error": None,
+        "traceback": None,
+        "wall_s": None,
+        "cpu_s": None,
+        "prepare_s": None,
+        "peak_rss_mb": None,
+        "peak_gpu_mb": None,
+        "fft_count": None,
+        "notes": [],
+        "tuned_on": None,
+        "trained_on": None,
+        "isolation": None,
+        "log_tail": None,
+    }
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A host ``MemoryError`` (numpy's ``_ArrayMemoryError`` included) or torch's ``OutOfMemoryError``."""
+    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+
+
 def run_method(method: str | Method, vol: Volume, *, params: Mapping[str, Any] | None = None,
                profile: str | None = None, seed: int | None = None, device: str = "auto",
                train: Sequence[Volume] = (), identity: Mapping[str, Any] | None = None,
                extra_dirs: Sequence[str | os.PathLike] = ()) -> RunResult:
-    """Prepare (untimed) and run (timed) ``method`` on ``vol``; never raises for method failures.
+    """Prepare (untimed) and run (timed) ``method`` on ``vol`` in this process; never raises for
+    method failures.
 
     ``identity`` (dataset, perturbation, repetition) feeds :func:`derive_seed` when ``seed`` is
-    None and is copied into the record.
+    None and is copied into the record.  A method that raises gives status ``failed``, one that
+    runs out of memory (``MemoryError``, torch's ``OutOfMemoryError``) status ``oom``.  This is
+    the in-process path (tests, benchmarks, ``qsmbench reconstruct``); the workflow runs it in a
+    child process with limits (:func:`run_job`).
     """
     identity = dict(identity or {})
     if isinstance(method, Method):
@@ -163,34 +220,9 @@ def run_method(method: str | Method, vol: Volume, *, params: Mapping[str, Any] |
                                name, identity.get("repetition", 0))
         dev = resolve_device(device) if "gpu" in cls.uses else "cpu"
         instance = cls(profile=profile, seed=seed, device=dev, **dict(params or {}))
-    record: dict[str, Any] = {
-        "method": name,
-        **identity,
-        "parameters": dict(instance.params),
-        "profile": profile,
-        "seed": int(seed),
-        "device": device_description(instance.device),
-        "qsmbench_version": __version__,
-        "git_commit": git_commit(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "started_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "input_shape": list(vol.shape),
-        "voxel_size_mm": list(vol.voxel_size_mm),
-        "b0_dir": list(vol.b0_dir),
-        "has_magnitude": vol.magnitude is not None,
-        "error": None,
-        "traceback": None,
-        "wall_s": None,
-        "cpu_s": None,
-        "prepare_s": None,
-        "peak_rss_mb": None,
-        "peak_gpu_mb": None,
-        "fft_count": None,
-        "notes": [],
-        "tuned_on": type(instance).tuned_on,
-        "trained_on": None,
-    }
+    record = _base_record(name, identity, instance.params, profile, int(seed),
+                          device_description(instance.device), vol)
+    record["tuned_on"] = type(instance).tuned_on
     seed_everything(int(seed))
     visible = vol.for_method()
     chi = None
@@ -210,10 +242,10 @@ def run_method(method: str | Method, vol: Volume, *, params: Mapping[str, Any] |
         chi = validate_output(chi, vol)
         status = "ok"
     except Exception as exc:  # a failing method must not stop the benchmark
-        status, chi = "failed", None
+        status, chi = ("oom" if is_out_of_memory(exc) else "failed"), None
         record["error"] = f"{type(exc).__name__}: {exc}"
         record["traceback"] = traceback.format_exc()
-        log.error("method %s failed: %s", name, record["error"])
+        log.error("method %s failed (%s): %s", name, status, record["error"])
     record["status"] = status
     record["notes"] = list(getattr(instance, "notes", []))
     record["trained_on"] = getattr(instance, "trained_on", None)
@@ -260,13 +292,18 @@ def write_run(result: RunResult, out_dir: str | os.PathLike, affine) -> Path:
     """Write ``chi_ppm.nii.gz`` (when ok) and then ``run.json`` into ``out_dir``.
 
     run.json is written last, so its presence means the job finished; a stale chi file from an
-    earlier successful run is removed when this run failed.
+    earlier successful run is removed when this run failed.  Both writes are atomic.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    record = dict(result.record)
     if result.status == "ok":
         write_nifti(out_dir / CHI_FILE, result.chi_ppm, affine, dtype=np.float32)
+    return _write_record(result.record, out_dir)
+
+
+def _write_record(record: Mapping[str, Any], out_dir: Path) -> Path:
+    record = dict(record)
+    if record["status"] == "ok":
         record["output"] = CHI_FILE
     else:
         (out_dir / CHI_FILE).unlink(missing_ok=True)
@@ -274,14 +311,41 @@ def write_run(result: RunResult, out_dir: str | os.PathLike, affine) -> Path:
     return write_json(out_dir / RUN_FILE, record)
 
 
+class RunInterrupted(QsmbenchError):
+    """The isolated run was stopped by SIGINT/SIGTERM/SIGHUP: the job is interrupted, not failed.
+
+    Nothing is written, so the next workflow run redoes the job.
+    """
+
+
 def run_job(volume_dir: str | os.PathLike, run_json: str | os.PathLike, *, run_id: str, method: str,
             params: Mapping[str, Any] | None = None, profile: str | None = None, device: str = "auto",
             dataset: str = "", perturbation: str = "none", repetition: int = 0, threads: int | None = None,
-            extra_dirs: Sequence[str | os.PathLike] = ()) -> dict[str, Any]:
+            extra_dirs: Sequence[str | os.PathLike] = (), timeout_s: float | None = None,
+            mem_limit_mb: float | None = None, log_path: str | os.PathLike | None = None,
+            isolate: bool = True) -> dict[str, Any]:
     """One workflow job: load the volume, run the method, write chi + run.json beside it.
 
     The seed is derived from ``(dataset, perturbation, run_id, repetition)``.  A failed method
-    still produces run.json (status "failed"), so the workflow and the report go on.
+    still produces run.json (status ``failed``, ``timeout`` or ``oom``, see :data:`STATUSES`),
+    so the workflow and the report go on.  Problems of the caller -- an unreadable volume, an
+    unknown method, bad parameters -- raise (:class:`~qsmbench.errors.QsmbenchError`).
+
+    With ``isolate`` (the default) the method runs in a child process (``python -m
+    qsmbench.runner``, see :mod:`qsmbench.isolate`):
+
+    * wall-clock limit ``timeout_s`` (None: the method's default for ``profile``,
+      :meth:`~qsmbench.method.Method.timeout_for`), covering start-up, ``prepare`` and
+      ``reconstruct``; past it the process tree is killed and the status is ``timeout``;
+    * memory limit ``mem_limit_mb`` (resident memory of the child and its descendants; None: no
+      limit); past it the tree is killed and the status is ``oom``;
+    * its output goes to ``log_path`` (bounded: head and tail), its last lines to run.json's
+      ``log_tail`` when the run did not succeed;
+    * its working directory (and ``TMPDIR``) is a scratch folder inside the job's output folder,
+      removed afterwards, so stray files cannot reach other jobs' outputs;
+    * timing and peak memory are measured inside the child, as in-process.
+
+    ``isolate=False`` runs :func:`run_method` in this process (no limits).
     """
     from .io import load_volume  # noqa: PLC0415
 
@@ -291,16 +355,167 @@ def run_job(volume_dir: str | os.PathLike, run_json: str | os.PathLike, *, run_i
     seed = derive_seed(dataset, perturbation, run_id, repetition)
     identity = {"run_id": run_id, "dataset": dataset, "perturbation": perturbation,
                 "repetition": repetition}
+    out_dir = Path(run_json).parent
     try:
-        result = run_method(method, vol, params=params, profile=profile, seed=seed, device=device,
-                            identity=identity, extra_dirs=extra_dirs)
+        cls = get_method_class(method, extra_dirs=extra_dirs)
     except MethodUnavailableError as exc:
         # e.g. torch not installed: only this run fails, with the reason, and the workflow goes on
-        record = {"method": method, **identity, "parameters": dict(params or {}), "profile": profile,
-                  "seed": seed, "device": "", "qsmbench_version": __version__, "git_commit": git_commit(),
-                  "status": "failed", "error": f"{type(exc).__name__}: {exc}", "traceback": None,
-                  "wall_s": None, "cpu_s": None, "prepare_s": None, "peak_rss_mb": None,
-                  "peak_gpu_mb": None, "notes": []}
-        result = RunResult("failed", None, record)
-    write_run(result, Path(run_json).parent, vol.affine)
-    return result.record
+        record = _base_record(method, identity, params or {}, profile, seed, "", vol)
+        record.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+        write_run(RunResult("failed", None, record), out_dir, vol.affine)
+        return record
+    cls.resolve_parameters(params, profile=profile)  # bad parameters: the caller's error, raised here
+    if not isolate:
+        result = run_method(method, vol, params=params, profile=profile, seed=seed, device=device,
+                            identity=identity, extra_dirs=extra_dirs)
+        write_run(result, out_dir, vol.affine)
+        return result.record
+    limit_s = cls.timeout_for(profile) if timeout_s is None else float(timeout_s)
+    if not limit_s > 0:
+        raise ConfigError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
+    if mem_limit_mb is not None and not float(mem_limit_mb) > 0:
+        raise ConfigError(f"the memory limit must be a positive number of MB, got {mem_limit_mb!r}")
+    request = {"volume_dir": str(Path(volume_dir).resolve()), "method": method, "params": dict(params or {}),
+               "profile": profile, "seed": seed, "device": device, "identity": identity, "threads": threads,
+               "extra_dirs": [str(Path(d).resolve()) for d in extra_dirs], "parent_pid": os.getpid()}
+    base = _base_record(method, identity, cls.resolve_parameters(params, profile=profile), profile, seed,
+                        device, vol)
+    base["tuned_on"] = cls.tuned_on
+    record = _run_isolated(request, base, out_dir, timeout_s=limit_s, mem_limit_mb=mem_limit_mb,
+                           log_path=log_path)
+    return record
+
+
+def _remove_stale_scratch(out_dir: Path) -> None:
+    """Scratch folders left by a job that was killed outright (SIGKILL of the whole workflow)."""
+    for old in out_dir.glob(f"{SCRATCH_PREFIX}*"):
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def child_env(work: Path, threads: int | None) -> dict[str, str]:
+    """The child's environment: this checkout of qsmbench first on the path, absolute qsmbench
+    paths (the child runs elsewhere), unbuffered output, ``TMPDIR`` in its scratch folder."""
+    env = dict(os.environ)
+    here = str(Path(__file__).resolve().parent.parent)
+    paths = [here] + [str(Path(p).resolve()) for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    for key in ("QSMBENCH_METHODS_PATH", "QSMBENCH_MANIFESTS_PATH"):
+        if env.get(key):
+            env[key] = os.pathsep.join(str(Path(p).resolve()) for p in env[key].split(os.pathsep) if p)
+    for key in ("QSMBENCH_CACHE", "QSMBENCH_DATA"):
+        if env.get(key):
+            env[key] = str(Path(env[key]).expanduser().resolve())
+    env.update(PYTHONUNBUFFERED="1", TMPDIR=str(work), TEMP=str(work), TMP=str(work))
+    if threads is not None:
+        env.update(OMP_NUM_THREADS=str(threads), QSMBENCH_THREADS=str(threads))
+    return env
+
+
+def _run_isolated(request: dict[str, Any], base: dict[str, Any], out_dir: Path, *, timeout_s: float,
+                  mem_limit_mb: float | None, log_path: str | os.PathLike | None) -> dict[str, Any]:
+    from .isolate import run_limited  # noqa: PLC0415
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_scratch(out_dir)
+    scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=out_dir)).resolve()  # the child runs elsewhere
+    try:
+        work, exchange = scratch / "work", scratch / "exchange"
+        work.mkdir()
+        exchange.mkdir()
+        request = {**request, "exchange": str(exchange)}
+        write_json(exchange / "request.json", request)
+        outcome = run_limited([sys.executable, "-m", "qsmbench.runner", "--child", str(exchange / "request.json")],
+                              cwd=work, env=child_env(work, request["threads"]), timeout_s=timeout_s,
+                              mem_limit_mb=mem_limit_mb, log_path=log_path)
+        record = _classify(outcome, exchange, base, timeout_s=timeout_s, mem_limit_mb=mem_limit_mb)
+        record["isolation"] = {
+            "timeout_s": timeout_s, "mem_limit_mb": mem_limit_mb, "elapsed_s": round(outcome.elapsed_s, 3),
+            "peak_tree_rss_mb": round(outcome.peak_rss_mb, 1), "exit_code": outcome.returncode,
+            "output_bytes": outcome.output_bytes, "output_omitted_bytes": outcome.omitted_bytes,
+        }
+        record["log_tail"] = outcome.tail if record["status"] != "ok" else None
+        if record["status"] == "ok":
+            os.replace(exchange / CHI_FILE, out_dir / CHI_FILE)
+        _write_record(record, out_dir)
+        return record
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _classify(outcome, exchange: Path, base: dict[str, Any], *, timeout_s: float,
+              mem_limit_mb: float | None) -> dict[str, Any]:
+    """The run record from what the child left: its own record, or why it has none."""
+    from .io import read_json  # noqa: PLC0415
+
+    result = exchange / "result.json"
+    if result.exists() and (exchange / "done").exists():
+        record = read_json(result)
+        if record.get("status") != "ok" or (exchange / CHI_FILE).exists():
+            return record
+    record = dict(base)
+    sig = outcome.signal_name
+    if outcome.limit == "timeout":
+        status, error = "timeout", (
+            f"TimeoutError: the run exceeded its wall-clock limit of {timeout_s:g} s and was killed (the limit "
+            "is methods.<run>.timeout_s in the config; the default is the method's Method.timeout_s for "
+            "its profile)")
+    elif outcome.limit == "memory":
+        status, error = "oom", (
+            f"MemoryError: the run's resident memory ({outcome.peak_rss_mb:.0f} MB, with its child processes) "
+            f"exceeded the limit of {mem_limit_mb:g} MB and it was killed (the limit is the reconstruct job's "
+            "mem_mb resource; methods.<run>.mem_mb in the config)")
+    elif sig in ("SIGINT", "SIGTERM", "SIGHUP"):
+        raise RunInterrupted(f"the isolated run of '{base['method']}' was interrupted by {sig}; nothing was "
+                             "recorded, so the next run of the workflow redoes this job")
+    elif sig == "SIGKILL":
+        status, error = "oom", (
+            "Killed: the method's process was killed by SIGKILL from outside qsmbench, most often by the "
+            "kernel's or the cluster's out-of-memory killer")
+    else:
+        how = f"was killed by {sig}" if sig else f"exited with status {outcome.returncode}"
+        hint = " (a crash in compiled code; the log shows the stack)" if sig in ("SIGSEGV", "SIGBUS", "SIGABRT",
+                                                                                 "SIGILL", "SIGFPE") else ""
+        status, error = "failed", f"ProcessError: the method's process {how} before recording a result{hint}"
+    record.update(status=status, error=error)
+    return record
+
+
+def child_main(request_path: str | os.PathLike) -> int:
+    """Entry point of the isolated process (``python -m qsmbench.runner --child REQUEST``).
+
+    Runs :func:`run_method` on the request's volume and leaves ``result.json`` (+ the chi map
+    when ok) and a ``done`` marker in the request's exchange folder.
+    """
+    import faulthandler  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+
+    from .io import load_volume, read_json  # noqa: PLC0415
+    from .isolate import die_with_parent  # noqa: PLC0415
+
+    req = read_json(request_path)
+    die_with_parent(int(req["parent_pid"]))
+    faulthandler.enable(all_threads=True)  # a crash in compiled code prints the Python stacks
+    if hasattr(signal, "SIGUSR1"):  # sent on a timeout, just before the kill: shows where it hung
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if req.get("threads") is not None:
+        set_threads(int(req["threads"]))
+    vol = load_volume(req["volume_dir"])
+    result = run_method(req["method"], vol, params=req["params"], profile=req["profile"], seed=req["seed"],
+                        device=req["device"], identity=req["identity"], extra_dirs=req["extra_dirs"])
+    exchange = Path(req["exchange"])
+    if result.status == "ok":
+        write_nifti(exchange / CHI_FILE, result.chi_ppm, vol.affine, dtype=np.float32)
+    write_json(exchange / "result.json", result.record)
+    write_json(exchange / "done", {"status": result.status})
+    log.info("isolated run of %s: %s", req["method"], result.status)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - exercised through run_job
+    if len(sys.argv) == 3 and sys.argv[1] == "--child":
+        from qsmbench.runner import child_main as _main  # the package's module, not this __main__ copy
+
+        sys.exit(_main(sys.argv[2]))
+    sys.exit("usage: python -m qsmbench.runner --child REQUEST.json (started by qsmbench.runner.run_job)")

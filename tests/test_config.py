@@ -20,7 +20,7 @@ def test_default_and_paper_configs_validate():
 
 def test_method_runs_fill_defaults():
     runs = method_runs(validate_config(GOOD))
-    assert runs["tkd"] == {"method": "tkd", "profile": "quick", "params": {}}
+    assert runs["tkd"] == {"method": "tkd", "profile": "quick", "params": {}, "timeout_s": None, "mem_mb": None}
     assert runs["tkd_s"]["method"] == "tkd" and runs["tkd_s"]["params"] == {"variant": "shmueli"}
 
 

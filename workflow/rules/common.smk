@@ -91,5 +91,30 @@ def reconstruct_gpus(wildcards):
 
 
 def reconstruct_mem_mb(wildcards):
-    """More memory for the GPU-capable (deep-learning) methods, which also run on the CPU."""
+    """The run's mem_mb, else more for the GPU-capable (deep-learning) methods, which also run on the
+    CPU.  The runner kills a reconstruction whose resident memory exceeds it (status oom)."""
+    mem_mb = RUNS[wildcards.run]["mem_mb"]
+    if mem_mb is not None:
+        return mem_mb
     return 16000 if reconstruct_uses_gpu(wildcards) else 6000
+
+
+def reconstruct_timeout_s(wildcards):
+    """The run's timeout_s, else the method's default for the run's profile (Method.timeout_s)."""
+    from qsmbench.errors import MethodError  # noqa: PLC0415
+    from qsmbench.method import Method  # noqa: PLC0415
+    from qsmbench.registry import get_method_class  # noqa: PLC0415
+
+    run = RUNS[wildcards.run]
+    if run["timeout_s"] is not None:
+        return float(run["timeout_s"])
+    try:
+        cls = get_method_class(run["method"], extra_dirs=config.get("method_dirs", []))
+    except MethodError:  # unavailable: the run fails fast
+        cls = Method
+    return cls.timeout_for(run["profile"])
+
+
+def reconstruct_runtime(wildcards):
+    """Scheduler runtime (minutes): the run's time limit plus a margin for loading and writing."""
+    return int(reconstruct_timeout_s(wildcards) // 60) + 10
