@@ -182,7 +182,7 @@ class _Terminated(SystemExit):
 def run_limited(argv: Sequence[str], *, cwd: str | os.PathLike, env: Mapping[str, str] | None = None,
                 timeout_s: float | None = None, mem_limit_mb: float | None = None,
                 log_path: str | os.PathLike | None = None, poll_s: float = 0.1,
-                head_bytes: int = HEAD_BYTES, tail_bytes: int = TAIL_BYTES,
+                head_bytes: int | None = None, tail_bytes: int | None = None,
                 dump_grace_s: float = 1.0) -> Outcome:
     """Run ``argv`` in ``cwd``; kill it (and its descendants) past ``timeout_s`` or ``mem_limit_mb``.
 
@@ -191,7 +191,8 @@ def run_limited(argv: Sequence[str], *, cwd: str | os.PathLike, env: Mapping[str
     log shows where it hung; ``dump_grace_s`` later it is killed.  Never raises for what the
     child does; re-raises KeyboardInterrupt/SystemExit of the parent after killing the child.
     """
-    out = BoundedLog(log_path, head_bytes, tail_bytes)
+    out = BoundedLog(log_path, HEAD_BYTES if head_bytes is None else head_bytes,
+                     TAIL_BYTES if tail_bytes is None else tail_bytes)
     t0 = time.monotonic()
     proc = subprocess.Popen(list(argv), cwd=str(cwd), env=dict(env) if env is not None else None,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

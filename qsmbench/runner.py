@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -332,7 +332,7 @@ def run_job(volume_dir: str | os.PathLike, run_json: str | os.PathLike, *, run_i
     unknown method, bad parameters -- raise (:class:`~qsmbench.errors.QsmbenchError`).
 
     With ``isolate`` (the default) the method runs in a child process (``python -m
-    qsmbench.runner``, see :mod:`qsmbench.isolate`):
+    qsmbench._child``, see :mod:`qsmbench.isolate`):
 
     * wall-clock limit ``timeout_s`` (None: the method's default for ``profile``,
       :meth:`~qsmbench.method.Method.timeout_for`), covering start-up, ``prepare`` and
@@ -412,7 +412,10 @@ def child_env(work: Path, threads: int | None) -> dict[str, str]:
 
 
 def _run_isolated(request: dict[str, Any], base: dict[str, Any], out_dir: Path, *, timeout_s: float,
-                  mem_limit_mb: float | None, log_path: str | os.PathLike | None) -> dict[str, Any]:
+                  mem_limit_mb: float | None, log_path: str | os.PathLike | None,
+                  write: Callable[[dict[str, Any], Path], Any] | None = None) -> dict[str, Any]:
+    """Run ``request`` in a child; ``out_dir`` is the job's own folder (its scratch folder goes
+    there, and stale ones from killed runs of the same job are removed)."""
     from .isolate import run_limited  # noqa: PLC0415
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -424,7 +427,7 @@ def _run_isolated(request: dict[str, Any], base: dict[str, Any], out_dir: Path, 
         exchange.mkdir()
         request = {**request, "exchange": str(exchange)}
         write_json(exchange / "request.json", request)
-        outcome = run_limited([sys.executable, "-m", "qsmbench.runner", "--child", str(exchange / "request.json")],
+        outcome = run_limited([sys.executable, "-m", "qsmbench._child", str(exchange / "request.json")],
                               cwd=work, env=child_env(work, request["threads"]), timeout_s=timeout_s,
                               mem_limit_mb=mem_limit_mb, log_path=log_path)
         record = _classify(outcome, exchange, base, timeout_s=timeout_s, mem_limit_mb=mem_limit_mb)
@@ -433,7 +436,10 @@ def _run_isolated(request: dict[str, Any], base: dict[str, Any], out_dir: Path, 
             "peak_tree_rss_mb": round(outcome.peak_rss_mb, 1), "exit_code": outcome.returncode,
             "output_bytes": outcome.output_bytes, "output_omitted_bytes": outcome.omitted_bytes,
         }
-        record["log_tail"] = outcome.tail if record["status"] != "ok" else None
+        record["log_tail"] = outcome.tail if record["status"] not in ("ok", "unavailable") else None
+        if write is not None:
+            write(record, exchange)
+            return record
         if record["status"] == "ok":
             os.replace(exchange / CHI_FILE, out_dir / CHI_FILE)
         _write_record(record, out_dir)
@@ -450,7 +456,7 @@ def _classify(outcome, exchange: Path, base: dict[str, Any], *, timeout_s: float
     result = exchange / "result.json"
     if result.exists() and (exchange / "done").exists():
         record = read_json(result)
-        if record.get("status") != "ok" or (exchange / CHI_FILE).exists():
+        if record.get("status") != "ok" or record.get("kind") == "pretrain" or (exchange / CHI_FILE).exists():
             return record
     record = dict(base)
     sig = outcome.signal_name
@@ -481,30 +487,28 @@ def _classify(outcome, exchange: Path, base: dict[str, Any], *, timeout_s: float
 
 
 def child_main(request_path: str | os.PathLike) -> int:
-    """Entry point of the isolated process (``python -m qsmbench.runner --child REQUEST``).
-
-    Runs :func:`run_method` on the request's volume and leaves ``result.json`` (+ the chi map
-    when ok) and a ``done`` marker in the request's exchange folder.
+    """The isolated run itself (started as ``python -m qsmbench._child REQUEST``, which has set up
+    the parent watch and the stack dumps): runs :func:`run_method` on the request's volume (or,
+    for a ``pretrain`` request, :func:`pretrain_in_process`) and leaves ``result.json`` (+ the chi
+    map when ok) and a ``done`` marker in the exchange folder.
     """
-    import faulthandler  # noqa: PLC0415
-    import signal  # noqa: PLC0415
-
     from .io import load_volume, read_json  # noqa: PLC0415
-    from .isolate import die_with_parent  # noqa: PLC0415
 
     req = read_json(request_path)
-    die_with_parent(int(req["parent_pid"]))
-    faulthandler.enable(all_threads=True)  # a crash in compiled code prints the Python stacks
-    if hasattr(signal, "SIGUSR1"):  # sent on a timeout, just before the kill: shows where it hung
-        faulthandler.register(signal.SIGUSR1, all_threads=True)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if req.get("threads") is not None:
         set_threads(int(req["threads"]))
+    exchange = Path(req["exchange"])
+    if req.get("kind") == "pretrain":
+        record = pretrain_in_process(run_id=req["identity"]["run_id"], method=req["method"], params=req["params"],
+                                     profile=req["profile"], device=req["device"], extra_dirs=req["extra_dirs"])
+        write_json(exchange / "result.json", record)
+        write_json(exchange / "done", {"status": record["status"]})
+        return 0
     vol = load_volume(req["volume_dir"])
     result = run_method(req["method"], vol, params=req["params"], profile=req["profile"], seed=req["seed"],
                         device=req["device"], identity=req["identity"], extra_dirs=req["extra_dirs"])
-    exchange = Path(req["exchange"])
     if result.status == "ok":
         write_nifti(exchange / CHI_FILE, result.chi_ppm, vol.affine, dtype=np.float32)
     write_json(exchange / "result.json", result.record)
@@ -513,9 +517,69 @@ def child_main(request_path: str | os.PathLike) -> int:
     return 0
 
 
-if __name__ == "__main__":  # pragma: no cover - exercised through run_job
-    if len(sys.argv) == 3 and sys.argv[1] == "--child":
-        from qsmbench.runner import child_main as _main  # the package's module, not this __main__ copy
+# --------------------------------------------------------------------------- pretraining
+def pretrain_in_process(*, run_id: str, method: str, params: Mapping[str, Any] | None, profile: str | None,
+                        device: str = "auto", extra_dirs: Sequence[str | os.PathLike] = ()) -> dict[str, Any]:
+    """``prepare([])`` one run's method (untimed training + caching); return the training record.
 
-        sys.exit(_main(sys.argv[2]))
-    sys.exit("usage: python -m qsmbench.runner --child REQUEST.json (started by qsmbench.runner.run_job)")
+    Never raises for a failure of the method: a missing requirement gives status
+    ``unavailable``, an exception ``failed`` (``oom`` for running out of memory).
+    """
+    record: dict[str, Any] = {
+        "kind": "pretrain", "run_id": run_id, "method": method, "profile": profile,
+        "parameters": dict(params or {}), "qsmbench_version": __version__, "git_commit": git_commit(),
+        "status": None, "error": None, "traceback": None, "device": None, "prepare_s": None, "notes": [],
+        "training": {}, "isolation": None, "log_tail": None}
+    try:
+        cls = get_method_class(method, extra_dirs=extra_dirs)
+        dev = resolve_device(device) if "gpu" in cls.uses else "cpu"
+        instance = cls(profile=profile, device=dev, **dict(params or {}))
+        t0 = time.perf_counter()
+        instance.prepare([])
+        record.update(status="ok", device=dev, prepare_s=time.perf_counter() - t0, notes=list(instance.notes),
+                      training=dict(getattr(instance, "training_record", {})))
+    except MethodUnavailableError as exc:
+        record.update(status="unavailable", error=str(exc))
+    except Exception as exc:
+        record.update(status="oom" if is_out_of_memory(exc) else "failed", error=f"{type(exc).__name__}: {exc}",
+                      traceback=traceback.format_exc())
+    return record
+
+
+def pretrain_job(out_json: str | os.PathLike, *, run_id: str, method: str, params: Mapping[str, Any] | None,
+                 profile: str | None, device: str = "auto", threads: int | None = None,
+                 extra_dirs: Sequence[str | os.PathLike] = (), timeout_s: float | None = None,
+                 mem_limit_mb: float | None = None, log_path: str | os.PathLike | None = None,
+                 isolate: bool = True) -> dict[str, Any]:
+    """The pretrain rule's job: :func:`pretrain_in_process`, isolated like :func:`run_job`; writes
+    the record to ``out_json``.  ``timeout_s`` None: the method's default for ``profile``.
+
+    A training that hangs or eats memory ends as ``timeout`` / ``oom``; the run's reconstruct
+    jobs then go on (and record whatever their own ``prepare`` meets).
+    """
+    if threads is not None:
+        set_threads(threads)
+    out_json = Path(out_json)
+    if not isolate:
+        record = pretrain_in_process(run_id=run_id, method=method, params=params, profile=profile, device=device,
+                                     extra_dirs=extra_dirs)
+        write_json(out_json, record)
+        return record
+    try:
+        cls = get_method_class(method, extra_dirs=extra_dirs)
+    except MethodUnavailableError:
+        cls = Method
+    limit_s = cls.timeout_for(profile) if timeout_s is None else float(timeout_s)
+    base = {"kind": "pretrain", "run_id": run_id, "method": method, "profile": profile,
+            "parameters": dict(params or {}), "qsmbench_version": __version__, "git_commit": git_commit(),
+            "status": None, "error": None, "traceback": None, "device": None, "prepare_s": None, "notes": [],
+            "training": {}}
+    request = {"kind": "pretrain", "volume_dir": None, "method": method, "params": dict(params or {}),
+               "profile": profile, "seed": 0, "device": device, "identity": {"run_id": run_id}, "threads": threads,
+               "extra_dirs": [str(Path(d).resolve()) for d in extra_dirs], "parent_pid": os.getpid()}
+    job_dir = out_json.parent / f".{out_json.stem}.pretrain"  # this run's own folder: others' scratch is safe
+    try:
+        return _run_isolated(request, base, job_dir, timeout_s=limit_s, mem_limit_mb=mem_limit_mb,
+                             log_path=log_path, write=lambda record, _exchange: write_json(out_json, record))
+    finally:
+        shutil.rmtree(job_dir, ignore_errors=True)

@@ -17,6 +17,15 @@ try:
 except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
 
+if workflow.is_main_process:
+    # A run killed outright leaves Snakemake's directory lock behind; remove it when no other
+    # instance of this workflow runs here, so that the same command simply resumes.
+    from qsmbench.jobs import release_stale_locks  # noqa: E402
+
+    if _stale := release_stale_locks():
+        print(f"qsmbench: removed the stale Snakemake lock(s) {', '.join(_stale)} left by an interrupted run "
+              "(no other instance of this workflow is running here)", file=sys.stderr)
+
 DATASETS = list(config["datasets"])
 # results/data/{dataset} is made by simulate_phantom (type phantom) or prepare_dataset (type manifest)
 PHANTOM_DATASETS = [d for d, spec in config["datasets"].items() if spec["type"] == "phantom"]
