@@ -41,6 +41,10 @@ tuned_on : dict or None
     E.g. ``{"what": "regularisation weights", "phantom_model": "mni", "seeds": [2000017, ...]}``
     -- the seeds must come from the reserved tuning range (:mod:`qsmbench.seeds`).  Copied into
     every ``run.json`` and shown in the report's method table.
+timeout_s : dict[str, float]
+    Wall-clock limit (s) of one isolated workflow run by profile (``"default"`` for the others);
+    the base class gives 30 min for ``quick`` and 6 h otherwise.  A method that needs more (or
+    should be stopped sooner) overrides it; the config's ``methods.<run>.timeout_s`` wins.
 
 Instance attributes set by a method
 -----------------------------------

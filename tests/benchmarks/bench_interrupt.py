@@ -104,8 +104,12 @@ POINTS = {p.name: p for p in [
 def interrupt(workdir: Path, config: Path, point: Point, log: Path, timeout: float = 900) -> str:
     """Start the workflow, send ``point.signal`` to its process group when ready; how it went."""
     with open(log, "ab") as fh:
+        # Its own process group (the signal goes to the whole workflow, as a terminal's Ctrl-C does) with
+        # SIGINT's default action: a shell starts background commands with SIGINT ignored, and an ignored
+        # signal stays ignored across exec.
         proc = subprocess.Popen(command(workdir, config), stdout=fh, stderr=subprocess.STDOUT,
-                                start_new_session=True, env=_env())
+                                start_new_session=True, env=_env(),
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         t0 = time.monotonic()
         while proc.poll() is None and not point.ready(workdir):
             if time.monotonic() - t0 > timeout:
