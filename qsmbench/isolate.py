@@ -158,6 +158,38 @@ def tree_rss_mb(pid: int) -> float:
     return total / 2**20
 
 
+class _Tree:
+    """The child and its descendants, for cheap repeated RSS sampling.
+
+    Listing descendants scans every process of the machine (about 5 ms of CPU); it is redone
+    every ``refresh_s`` seconds, while the resident memory of the known processes is read at
+    every call (a fraction of a millisecond each).  A new grandchild is counted within
+    ``refresh_s``.
+    """
+
+    def __init__(self, pid: int, refresh_s: float = 1.0):
+        self.refresh_s = refresh_s
+        self._next = 0.0
+        self._procs: list[psutil.Process] = []
+        try:
+            self._root = psutil.Process(pid)
+        except psutil.Error:
+            self._root = None
+
+    def rss_mb(self) -> float:
+        if self._root is None:
+            return 0.0
+        now = time.monotonic()
+        if now >= self._next:
+            self._procs = _tree(self._root)
+            self._next = now + self.refresh_s
+        total = 0
+        for p in self._procs:
+            with contextlib.suppress(psutil.Error):
+                total += p.memory_info().rss
+        return total / 2**20
+
+
 def kill_tree(pid: int) -> None:
     """SIGKILL process ``pid`` (first, so it cannot start new children) and its descendants.
 
@@ -208,13 +240,14 @@ def run_limited(argv: Sequence[str], *, cwd: str | os.PathLike, env: Mapping[str
     reader.start()
     limit, peak = None, 0.0
     previous = None
+    tree = _Tree(proc.pid)
     if threading.current_thread() is threading.main_thread():
         def _on_term(signum, frame):
             raise _Terminated(128 + signal.SIGTERM)
         previous = signal.signal(signal.SIGTERM, _on_term)
     try:
         while proc.poll() is None:
-            rss = tree_rss_mb(proc.pid)
+            rss = tree.rss_mb()
             peak = max(peak, rss)
             if mem_limit_mb is not None and rss > mem_limit_mb:
                 limit = "memory"
