@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import results
+from . import io, results
 from .errors import InputError
 
 # --------------------------------------------------------------------------- method styles
@@ -144,12 +144,11 @@ def export(fig, *, folder: str | os.PathLike | None = None, stem: str | None = N
             for fmt in formats:
                 path = folder / f"{stem}.{fmt}"
                 if fmt == "png":
-                    results.atomic_write(path, lambda tmp: Path(tmp).write_bytes(png))
+                    io.atomic_write(path, lambda tmp: Path(tmp).write_bytes(png))
                 else:
                     meta = {"Date": None} if fmt in ("svg", "pdf") else {}
-                    results.atomic_write(path, lambda tmp, f=fmt, m=meta: fig.savefig(
+                    io.atomic_write(path, lambda tmp, f=fmt, m=meta: fig.savefig(
                         tmp, format=f, dpi=dpi, metadata=m))
-                path.chmod(0o644)
         return png
     finally:
         plt.close(fig)
@@ -287,7 +286,6 @@ def montage_figure(vol, reference: np.ndarray | None, ref_name: str | None,
 
 def load_montage(entry: Mapping[str, Any]) -> dict[str, Any]:
     """Read one montage entry (see :func:`qsmbench.report.render_report`): the volume, reference, χ maps."""
-    from . import io
 
     try:
         dataset, perturbation = str(entry["dataset"]), str(entry["perturbation"])
@@ -585,10 +583,10 @@ def paper_figures(table: pd.DataFrame | str | os.PathLike, out_dir: str | os.Pat
              "Reconstruction wall time (median, min–max over runs) and peak memory per method; the device is "
              "named under each method.", f"qsmbench.figures.cost_figure from {source}")
     summary_path = out / "summary.csv"
-    results.atomic_write(summary_path, lambda tmp: summary.to_csv(tmp, index=False, na_rep="NaN"))
+    io.atomic_write(summary_path, lambda tmp: summary.to_csv(tmp, index=False, na_rep="NaN"))
     comparisons = stats.compare_methods(df, correction=correction)
     comparisons_path = out / "comparisons.csv"
-    results.atomic_write(comparisons_path, lambda tmp: comparisons.to_csv(tmp, index=False, na_rep="NaN"))
+    io.atomic_write(comparisons_path, lambda tmp: comparisons.to_csv(tmp, index=False, na_rep="NaN"))
     written += [summary_path, comparisons_path]
     index.append(("summary.csv", f"Mean, sd, n and {confidence:.0%} t-interval over seeds per dataset, reference, "
                   "perturbation level, method and metric.", f"qsmbench.stats.summarise from {source}"))
@@ -605,7 +603,7 @@ def paper_figures(table: pd.DataFrame | str | os.PathLike, out_dir: str | os.Pat
     styles_used = {m: styles[m].__dict__ for m in sorted(styles)}
     lines += ["", "Method styles (the same in every figure):", "", "```json",
               json.dumps(styles_used, indent=1, ensure_ascii=False), "```", ""]
-    results.atomic_write(readme, lambda tmp: Path(tmp).write_text("\n".join(lines), encoding="utf-8"))
+    io.atomic_write(readme, lambda tmp: Path(tmp).write_text("\n".join(lines), encoding="utf-8"))
     written.append(readme)
     return written
 
