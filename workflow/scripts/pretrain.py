@@ -25,7 +25,8 @@ def pretrain_job(out_json, *, run_id, method, params, profile, device="auto", th
         set_threads(threads)
     record = {"run_id": run_id, "method": method, "profile": profile, "parameters": dict(params or {}),
               "qsmbench_version": __version__, "git_commit": git_commit(), "status": None, "error": None,
-              "traceback": None, "device": None, "prepare_s": None, "notes": [], "training": {}}
+              "traceback": None, "device": None, "prepare_s": None, "notes": [], "training": {},
+              "trained_on": None}
     try:
         cls = get_method_class(method, extra_dirs=extra_dirs)
         dev = resolve_device(device) if "gpu" in cls.uses else "cpu"
@@ -33,7 +34,8 @@ def pretrain_job(out_json, *, run_id, method, params, profile, device="auto", th
         t0 = time.perf_counter()
         instance.prepare([])
         record.update(status="ok", device=dev, prepare_s=time.perf_counter() - t0, notes=list(instance.notes),
-                      training=dict(getattr(instance, "training_record", {})))
+                      training=dict(getattr(instance, "training_record", {})),
+                      trained_on=getattr(instance, "trained_on", None))
     except MethodUnavailableError as exc:
         record.update(status="unavailable", error=str(exc))
     except Exception as exc:
