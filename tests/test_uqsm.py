@@ -31,6 +31,16 @@ def uqsm(tmp_path, monkeypatch):
     pkg._MEMORY.clear()
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny volumes gain nothing from threads, and on a shared, busy machine torch's spinning
+    worker threads make these tests several times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny(cls, seed=0, **kw):
     return cls(profile="quick", seed=seed, device="cpu", **{**TINY, **kw})
 

@@ -70,9 +70,9 @@ def _problem(method: Method, vol):
 
 
 #: INR-QSM's quick profile (CI and the default run); see INRQSM.tuned_on for how it was chosen.
-QUICK_PROFILE = {"hidden_features": 64, "sine_layers": 3, "w0_first": 30.0, "w0_hidden": 30.0, "w0_last": 30.0,
-                 "chi0_method": "tkd", "patch_size": [48, 48, 48], "patch_stride_fraction": 0.5, "epochs": 6,
-                 "compensate_every": 2, "lr_start": 1e-3, "lr_end": 1e-4, "warm_start": "none"}
+QUICK_PROFILE = {"hidden_features": 64, "sine_layers": 3, "w0_first": 60.0, "w0_hidden": 60.0, "w0_last": 60.0,
+                 "chi0_method": "tkd", "patch_size": [48, 48, 48], "patch_stride_fraction": 0.5, "epochs": 20,
+                 "compensate_every": 4, "lr_start": 1e-3, "lr_end": 1e-4, "warm_start": "none"}
 QUICK_TUNED_ON = None
 
 

@@ -395,6 +395,7 @@ class UQSM(Method):
                 self._save(path, state, config, record)
         else:
             self.notes.append(f"uqsm weights from the cache ({path.name})")
+            record["trained_then"] = self._sidecar_record(path)
         if p["cache"]:
             _MEMORY[str(path)] = state
         net = engine.build_net(p)
@@ -426,6 +427,14 @@ class UQSM(Method):
             self.notes.append(f"cached weights {path} unreadable ({type(exc).__name__}: {exc}); retrained")
             log.warning("uqsm: cannot read %s (%s); training again", path, exc)
             return None
+
+    @staticmethod
+    def _sidecar_record(path: Path) -> dict:
+        """The training record saved beside cached weights (history, timings), or {}."""
+        try:
+            return dict(json.loads(path.with_suffix(".json").read_text()).get("record", {}))
+        except (OSError, ValueError, AttributeError):
+            return {}
 
     def _save(self, path: Path, state: dict, config: dict, record: dict) -> None:
         import torch  # noqa: PLC0415
