@@ -8,7 +8,13 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The default configuration -- only when no --configfile is given: a user's file replaces it
+# (Snakemake would merge the two, and the default's datasets and methods would leak into every
+# user configuration).  --config KEY=VALUE still applies on top of either.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
+
 
 
 include: "workflow/rules/common.smk"

@@ -6,27 +6,35 @@ The four steps are module-level functions so that each can be tested on its own:
 2. :func:`fastqsm` + :func:`tkd_estimate` + :func:`calibrate` -- the FastQSM estimate, scaled to a
    TKD (t = 1/8) result.
 3. :func:`structural_weights` + :func:`cone_mask` + :func:`streaking_estimate` -- the streaking
-   component, restricted to the ill-conditioned cone, by LSMR.
+   component, restricted to the ill-conditioned cone, by LSQR.
 4. :func:`ilsqr` -- ``chi = m (chi_LSQR - chi_SA)``.
 
-The specification is ``METHODS.md`` ("iLSQR"); where it leaves a choice open, the defaults follow
-the widely used open MATLAB reading of the paper (signed weights, Laplacian weights not zeroed
-outside the mask, periodic differences in step 3, calibration over the whole array, no zero
-padding, MATLAB ``prctile`` percentiles) and every such choice is a parameter of :class:`ILSQR`.
-This is a reimplementation from those descriptions, not a port of any code.
+The specification is ``METHODS.md`` ("iLSQR").  Where the widely used open reading of the paper
+(one Rust port) and the method author's own routines differ -- Xu Li's (JHU) step-1 LSQR and
+streak-removal (``delta2chi_SAR``) MATLAB functions, read for understanding -- the defaults follow
+the author: weights ramp the **absolute** Laplacian of the field and the **absolute** gradient of
+the initial estimate; step 1's weights are zero outside the mask; the structural weights are
+multiplied by the field's Laplacian weights (p40-p60) and are not masked; the streak term is
+solved by LSQR (tolerance 1e-2, at most 200 iterations).  Every other reading is a parameter of
+:class:`ILSQR`.  The author's reading is the one under which the method is odd-symmetric
+(``chi(-f) = -chi(f)`` exactly: signed percentile ramps are not sign-symmetric), homogeneous, and
+under which step 3 is a well-posed least-squares problem (unmasked weights anchor the streak
+estimate's gradient to zero outside the brain, so tighter tolerances converge instead of
+diverging).  This is a reimplementation from those descriptions, not a port of any code.
 
 Implementation notes (speed; none changes the mathematics):
 
-* All FFTs are real-to-complex, float32, through :mod:`qsmbench.physics` (counted).
+* All FFTs are real-to-complex, through :mod:`qsmbench.physics` (counted); float32 except step
+  1's LSQR, which runs in float64 (see :func:`weighted_lsqr`).
 * Step 1 runs LSQR on the normal equations ``D W D chi = D W f`` with its vectors held in k-space
   (half spectrum, inner products weighted so they equal the full-spectrum ones): one FFT pair per
   operator application instead of two.
-* Step 3: LSMR's right vectors ``v`` are combinations of ``A^T u = P grad^T W u`` with
+* Step 3: LSQR's (and LSMR's) right vectors ``v`` are combinations of ``A^T u = P grad^T W u`` with
   ``P = F^-1 M_ic F`` a projection, so ``P v = v`` and the forward product ``W grad P v`` equals
   ``W grad v`` -- one FFT pair per iteration instead of two.  The final estimate is projected
   once more so that its spectrum is exactly zero outside the cone.
 * LSQR (Paige & Saunders 1982) and LSMR (Fong & Saunders 2011) are implemented here with in-place
-  float32 vector updates; their iterates equal SciPy's (tested) and their stopping rules are
+  vector updates; their iterates equal SciPy's (tested) and their stopping rules are
   MATLAB ``lsqr``'s and SOL ``lsmr``'s.
 """
 
@@ -134,29 +142,44 @@ def masked_gradient(x: np.ndarray, mask: np.ndarray, voxel_size_mm: Sequence[flo
 
 
 def laplacian_weights(field: np.ndarray, mask: np.ndarray, voxel_size_mm: Sequence[float], *,
-                      low_pct: float = 60.0, high_pct: float = 99.9, absolute: bool = False,
-                      adaptive: bool = True, method: str = "hazen", masked: bool = False) -> np.ndarray:
-    """Step 1's data weights: ``ramp_weights`` of the field's Laplacian (1 below p60, 0 above
-    p99.9, percentiles over the mask).  Invariant to the field's scale and units.
+                      low_pct: float = 60.0, high_pct: float = 99.9, absolute: bool = True,
+                      adaptive: bool = True, method: str = "hazen", masked: bool = True) -> np.ndarray:
+    """Data weights from the field's Laplacian: ``ramp_weights`` of ``|L|`` (``absolute``, the
+    author's routines) or of the signed L, 1 below the ``low_pct`` percentile in the mask, 0 above
+    ``high_pct``.  Step 1 uses p60/p99.9, step 3 (the structural weights' factor) p40/p60.
+    Invariant to the field's scale and units; with ``absolute`` also to its sign.
 
-    The Laplacian is 0 outside the mask, so there the weight is the ramp's value at 0 (usually
-    1): the data term then also asks for zero field outside the mask, as the open MATLAB code
-    does.  ``masked=True`` zeroes the weights outside the mask instead.
+    ``masked=True`` (default) sets the weights to 0 outside the mask, as the author's step-1
+    routine does (``Wi .* maskErode``): the data term then only covers the mask, where the local
+    field is defined.  ``masked=False`` leaves the ramp's value there (L is 0 outside the mask, so
+    usually weight 1): the fit then also asks for zero field outside the mask.
     """
     return ramp_weights(laplacian(field, mask, voxel_size_mm, adaptive=adaptive), mask,
                         low_pct, high_pct, absolute=absolute, method=method, zero_outside=masked)
 
 
 def structural_weights(x_fs: np.ndarray, mask: np.ndarray, voxel_size_mm: Sequence[float], *,
-                       low_pct: float = 50.0, high_pct: float = 70.0, absolute: bool = False,
-                       adaptive: bool = True, bc: str = "neumann", method: str = "hazen") -> np.ndarray:
+                       low_pct: float = 40.0, high_pct: float = 60.0, absolute: bool = True,
+                       adaptive: bool = True, bc: str = "neumann", method: str = "hazen",
+                       laplacian_weights: np.ndarray | None = None, masked: bool = True) -> np.ndarray:
     """Step 3's gradient weights, shape ``(3, *mask.shape)``: per component, ``ramp_weights`` of
-    the gradient of the FastQSM estimate between its p50 (weight 1) and p70 (weight 0), times the
-    mask.  ``adaptive`` picks :func:`masked_gradient`, else :func:`qsmbench.operators.grad`."""
+    the gradient of the initial (FastQSM) estimate between its ``low_pct`` (weight 1) and
+    ``high_pct`` (weight 0) percentiles in the mask, times ``laplacian_weights`` when given (the
+    author's routine multiplies them by the field's Laplacian weights), times the mask when
+    ``masked``.  ``absolute`` ramps ``|grad x|`` (the author's routine) instead of the signed
+    components.  ``adaptive`` picks :func:`masked_gradient`, else :func:`qsmbench.operators.grad`.
+
+    Unmasked (``masked=False``) weights take the ramp's value outside the mask as well: there the
+    gradient of the (masked) estimate is 0, so the weight is usually 1 and the streak estimate is
+    also asked to have the (zero) gradient of the masked step-1 result outside the brain.
+    """
     g = masked_gradient(x_fs, mask, voxel_size_mm) if adaptive else \
         operators.grad(np.where(mask, x_fs, 0).astype(np.float32), voxel_size_mm, bc=bc)
     for i in range(3):  # in place: g becomes the weights
-        g[i] = ramp_weights(g[i], mask, low_pct, high_pct, absolute=absolute, method=method)
+        g[i] = ramp_weights(g[i], mask, low_pct, high_pct, absolute=absolute, method=method,
+                            zero_outside=masked)
+        if laplacian_weights is not None:
+            g[i] *= laplacian_weights
     return g
 
 
@@ -213,8 +236,10 @@ def _r(x: np.ndarray) -> np.ndarray:
 
 
 def _interleaved(kernel: np.ndarray) -> np.ndarray:
-    """A real half-spectrum kernel repeated twice along the last axis, to multiply ``_r(spec)``."""
-    return np.repeat(kernel.astype(np.float32, copy=False), 2, axis=-1)
+    """A real half-spectrum kernel repeated twice along the last axis, to multiply ``_r(spec)``
+    (float64 kernels stay float64, anything else becomes float32)."""
+    dtype = np.float64 if kernel.dtype == np.float64 else np.float32
+    return np.repeat(kernel.astype(dtype, copy=False), 2, axis=-1)
 
 
 def _axpy(a: float, x: np.ndarray, y: np.ndarray, tmp: np.ndarray) -> None:
@@ -414,19 +439,26 @@ def lsmr(apply_a: Callable, apply_at: Callable, b: np.ndarray, *, atol: float = 
 
 # --------------------------------------------------------------------------- the steps
 def weighted_lsqr(field: np.ndarray, mask: np.ndarray, weights: np.ndarray, kernel: np.ndarray, *,
-                  tol: float = 0.01, maxit: int = 50) -> tuple[np.ndarray, dict]:
+                  tol: float = 0.01, maxit: int = 200, dtype=np.float64) -> tuple[np.ndarray, dict]:
     """Step 1: LSQR on the normal equations ``D W D chi = D W f`` from 0, early stopped.
 
     ``kernel`` is D on the half spectrum of ``field.shape`` (Hermitian-consistent, see
     :func:`hermitian_consistent`); ``weights`` is W.  Returns ``m * chi`` (float32, field
     units) and the solver's info.  The LSQR vectors live in k-space, where
     ``A = D F W F^-1 D`` costs one FFT pair.
+
+    ``dtype`` is the precision of the LSQR vectors: float64 by default, as the author's MATLAB
+    (double below 1e7 voxels).  LSQR on the normal equations squares the condition number, and
+    in float32 its iterates lose about three digits in 60 iterations: a one-ulp change of the
+    field then moves the result by ~1e-3 relative, which breaks homogeneity beyond rounding.
     """
     shape = field.shape
-    k = kernel.astype(np.float32, copy=False)
-    w = weights.astype(np.float32, copy=False)
+    dtype = np.dtype(dtype).type
+    cdtype = np.complex128 if dtype == np.float64 else np.complex64
+    k = kernel.astype(dtype, copy=False)
+    w = weights.astype(dtype, copy=False)
 
-    buf = np.empty(k.shape, np.complex64)
+    buf = np.empty(k.shape, cdtype)
     k2 = _interleaved(k)
 
     def apply_a(xk):
@@ -437,7 +469,7 @@ def weighted_lsqr(field: np.ndarray, mask: np.ndarray, weights: np.ndarray, kern
         _r(out)[...] *= k2
         return out
 
-    b = physics.rfftn((w * field).astype(np.float32))
+    b = physics.rfftn((w * field).astype(dtype))
     b *= k
     xk, info = lsqr(apply_a, apply_a, b, _half_norm_fn(shape[2]), tol=tol, maxit=maxit)
     chi = physics.irfftn(xk, s=shape)
@@ -530,10 +562,13 @@ def _diff_adjoint(g: np.ndarray, out: np.ndarray, bc: str) -> np.ndarray:
 
 
 def streaking_estimate(chi_lsqr: np.ndarray, weights_g: np.ndarray, cone: np.ndarray,
-                       voxel_size_mm: Sequence[float], *, bc: str = "periodic", tol: float = 0.01,
-                       maxit: int = 50, conlim: float = 1e8, project_forward: bool = False
-                       ) -> tuple[np.ndarray, dict]:
-    """Step 3: ``min_y ||W grad(P y) - W grad chi_LSQR||`` by LSMR from 0, ``P = F^-1 M_ic F``.
+                       voxel_size_mm: Sequence[float], *, bc: str = "periodic", solver: str = "lsqr",
+                       tol: float = 0.01, maxit: int = 200, conlim: float = 1e8,
+                       project_forward: bool = False) -> tuple[np.ndarray, dict]:
+    """Step 3: ``min_y ||W grad(P y) - W grad chi_LSQR||`` from 0, ``P = F^-1 M_ic F``, early
+    stopped: ``solver="lsqr"`` (default, the author's routine: MATLAB ``lsqr`` rules with ``tol``,
+    at most ``maxit`` = 200 iterations) or ``"lsmr"`` (the open port: SOL rules with
+    ``atol = btol = tol``, condition limit ``conlim``).
 
     ``weights_g`` (3, ...) are the structural weights, ``cone`` M_ic on the half spectrum.
     Returns ``chi_SA = P y`` (its spectrum is zero outside the cone) and the solver's info.
@@ -577,7 +612,13 @@ def streaking_estimate(chi_lsqr: np.ndarray, weights_g: np.ndarray, cone: np.nda
 
     b = _diff_forward(chi_lsqr.astype(np.float32), np.empty((3, *shape), np.float32), bc)
     b *= wg
-    y, info = lsmr(apply_a, apply_at, b, atol=tol, btol=tol, conlim=conlim, maxit=maxit)
+    if solver == "lsmr":
+        y, info = lsmr(apply_a, apply_at, b, atol=tol, btol=tol, conlim=conlim, maxit=maxit)
+    elif solver == "lsqr":
+        y, info = lsqr(apply_a, apply_at, b, _real_norm, tol=tol, maxit=maxit)
+    else:
+        raise ConfigError(f"ilsqr: streak_solver must be 'lsqr' or 'lsmr', got {solver!r}")
+    info["solver"] = solver
     return project(y), info
 
 
@@ -609,7 +650,8 @@ def ilsqr(field_ppm: np.ndarray, mask: np.ndarray, voxel_size_mm: Sequence[float
     w_lap = laplacian_weights(fpad, mpad, vs, low_pct=p["laplacian_low_pct"],
                               high_pct=p["laplacian_high_pct"], absolute=absolute,
                               adaptive=adaptive, method=method, masked=p["laplacian_weights_masked"])
-    chi_lsqr, info_lsqr = weighted_lsqr(fpad, mpad, w_lap, kernel, tol=p["lsqr_tol"], maxit=p["lsqr_maxit"])
+    chi_lsqr, info_lsqr = weighted_lsqr(fpad, mpad, w_lap, kernel, tol=p["lsqr_tol"], maxit=p["lsqr_maxit"],
+                                        dtype=np.float64 if p["lsqr_precision"] == "double" else np.float32)
 
     # 2. FastQSM, calibrated to TKD
     field_k = physics.rfftn(fpad)
@@ -629,17 +671,24 @@ def ilsqr(field_ppm: np.ndarray, mask: np.ndarray, voxel_size_mm: Sequence[float
     x_fs = np.where(mpad, alpha * x_fs + beta, 0).astype(np.float32)
 
     # 3. streaking estimate on the ill-conditioned cone
+    w_sar = None
+    if p["structural_laplacian_weights"]:
+        w_sar = laplacian_weights(fpad, mpad, vs, low_pct=p["structural_laplacian_low_pct"],
+                                  high_pct=p["structural_laplacian_high_pct"], absolute=absolute,
+                                  adaptive=adaptive, method=method, masked=p["structural_weights_masked"])
     w_g = structural_weights(x_fs, mpad, vs, low_pct=p["gradient_low_pct"], high_pct=p["gradient_high_pct"],
-                             absolute=absolute, adaptive=adaptive, bc=p["gradient_bc"], method=method)
+                             absolute=absolute, adaptive=adaptive, bc=p["gradient_bc"], method=method,
+                             laplacian_weights=w_sar, masked=p["structural_weights_masked"])
+    del w_sar
     cone = cone_mask(kernel, p["cone_threshold"])
-    chi_sa, info_lsmr = streaking_estimate(chi_lsqr, w_g, cone, vs, bc=p["gradient_bc"], tol=p["lsmr_tol"],
-                                           maxit=p["lsmr_maxit"], conlim=p["lsmr_conlim"])
+    chi_sa, info_sa = streaking_estimate(chi_lsqr, w_g, cone, vs, bc=p["gradient_bc"], solver=p["streak_solver"],
+                                         tol=p["streak_tol"], maxit=p["streak_maxit"], conlim=p["lsmr_conlim"])
 
     # 4. subtraction
     chi = np.where(mpad, chi_lsqr - chi_sa, 0).astype(np.float32)[crop]
     details = {"chi_lsqr": chi_lsqr[crop], "x_fs": x_fs[crop], "x_tkd": x_tkd[crop], "chi_sa": chi_sa[crop],
                "laplacian_weights": w_lap[crop], "structural_weights": w_g[(slice(None), *crop)],
-               "lsqr": info_lsqr, "lsmr": info_lsmr, "calibration": (alpha, beta)}
+               "lsqr": info_lsqr, "streak": info_sa, "calibration": (alpha, beta)}
     return chi, details
 
 
@@ -661,10 +710,17 @@ def _check(p: dict) -> None:
                    ("gradient_low_pct", "gradient_high_pct")):
         if not 0 <= p[lo] < p[hi] <= 100:
             bad(f"need 0 <= {lo} < {hi} <= 100, got {p[lo]} and {p[hi]}")
-    for key in ("lsqr_maxit", "lsmr_maxit", "fastqsm_passes"):
+    if p["lsqr_precision"] not in ("double", "single"):
+        bad(f"lsqr_precision must be 'double' or 'single', got {p['lsqr_precision']!r}")
+    if p["streak_solver"] not in ("lsqr", "lsmr"):
+        bad(f"streak_solver must be 'lsqr' or 'lsmr', got {p['streak_solver']!r}")
+    if not 0 <= p["structural_laplacian_low_pct"] < p["structural_laplacian_high_pct"] <= 100:
+        bad("need 0 <= structural_laplacian_low_pct < structural_laplacian_high_pct <= 100, got "
+            f"{p['structural_laplacian_low_pct']} and {p['structural_laplacian_high_pct']}")
+    for key in ("lsqr_maxit", "streak_maxit", "fastqsm_passes"):
         if p[key] < 1:
             bad(f"{key} must be >= 1, got {p[key]}")
-    for key in ("lsqr_tol", "lsmr_tol", "fastqsm_radius_mm", "tkd_threshold", "cone_threshold",
+    for key in ("lsqr_tol", "streak_tol", "fastqsm_radius_mm", "tkd_threshold", "cone_threshold",
                 "fastqsm_exponent"):
         if not p[key] > 0:
             bad(f"{key} must be > 0, got {p[key]}")
@@ -679,35 +735,50 @@ class ILSQR(Method):
 
     Four steps, no regularisation weight (early stopping regularises):
 
-    1. Weights ``w`` from the voxel-size-scaled Laplacian L of the field: 1 below L's p60 in the
-       mask, linear to 0 at p99.9, 0 above and outside the mask.  LSQR on the normal equations
-       ``D W D chi = D W f`` from 0; stop at relative residual ``lsqr_tol`` or ``lsqr_maxit``
-       iterations.  ``chi_LSQR = m chi``.
+    1. Weights ``w`` from the voxel-size-scaled Laplacian L of the field: 1 where ``|L|`` is below
+       its p60 in the mask, linear to 0 at p99.9, 0 above and outside the mask.  LSQR on the
+       normal equations ``D W D chi = D W f`` from 0; stop at relative residual ``lsqr_tol``
+       (0.01) or ``lsqr_maxit`` (200) iterations.  ``chi_LSQR = m chi``.
     2. FastQSM: ``X = sign(D) F(f)``, k-space weight ``|D|^0.001`` ramped between its p1 and p30
        (full spectrum), blend X with its spherical-mean (radius 3 mm) filtered version, twice,
        masking in image space between passes.  Calibrated by the least-squares fit
        ``x_fs <- m (alpha x_fs + beta)`` to TKD with threshold 1/8 (``sign(D)/t`` in the cone).
-    3. Structural weights from the gradient of x_fs (per component, 1 below p50, 0 above p70, in
-       the mask, times the mask); LSMR on ``min_y ||W grad(F^-1 M_ic F y) - W grad chi_LSQR||``,
-       ``M_ic = {|D| < 0.1}``, tolerance 0.01, 50 iterations: ``chi_SA = F^-1 M_ic F y``.
+    3. Structural weights, per axis: ramp of ``|grad_i x_fs|`` (1 below its p40 in the mask, 0
+       above p60) times the ramp of ``|L|`` (1 below p40, 0 above p60), not masked; LSQR on
+       ``min_y ||W grad(F^-1 M_ic F y) - W grad chi_LSQR||``, ``M_ic = {|D| < 0.1}``, tolerance
+       0.01, at most 200 iterations: ``chi_SA = F^-1 M_ic F y``.
     4. ``chi = m (chi_LSQR - chi_SA)``.
 
-    The method is positively homogeneous in the field (all weights come from percentiles and
-    the stopping rules are relative): doubling f doubles chi, so input and output are both ppm.
+    Steps 1 and 3 follow the method author's routines (Xu Li, JHU: the step-1 LSQR and
+    ``delta2chi_SAR``), step 2 the paper; METHODS.md's "open reading" (one Rust port) differs in
+    the switches below, each kept as a parameter.  The method is odd and positively homogeneous in
+    the field: every weight is a percentile ramp of an absolute value and the stopping rules are
+    relative, so ``chi(a f) = a chi(f)`` for any real ``a`` (exactly for ``a = -1``, to float
+    rounding otherwise) -- input and output are both ppm.  The signed reading
+    (``weights="signed"``) breaks ``chi(-f) = -chi(f)``, and with masked structural weights step 3
+    is ill-posed (its exact solution amplifies cone components living where the weights are 0, so
+    tighter tolerances diverge); neither is a default.
 
     Parameters
     ----------
-    weights : "signed" (default, the open MATLAB reading: ramp the signed Laplacian and signed
-        gradient components) or "absolute" (ramp their magnitudes); ports differ.
+    weights : "absolute" (default, the author's routines: ramp ``|L|`` and ``|grad x_fs|``) or
+        "signed" (the open reading: ramp the signed Laplacian and gradient components; not
+        odd-symmetric).
     differences : "mask_adaptive" (default: stencils that only use voxels inside the mask for
         the Laplacian and the structural gradient) or "plain" (7-point Laplacian of m.f and
-        ``qsmbench.operators.grad``).
+        ``qsmbench.operators.grad``, closer to the author's Laplacian of the masked field).
     percentile_method : numpy percentile method; "hazen" (default) is MATLAB's ``prctile``.
-    laplacian_low_pct, laplacian_high_pct : ramp of step 1, percent (60, 99.9).
-    laplacian_weights_masked : zero step 1's weights outside the mask (default False: the
-        Laplacian is 0 there, the weight is the ramp's value at 0 and the fit also asks for zero
-        field outside the mask, as the open MATLAB code does).
-    lsqr_tol, lsqr_maxit : step 1 stopping (0.01 relative residual, 50 iterations).
+    laplacian_low_pct, laplacian_high_pct : ramp of step 1's weights, percent (60, 99.9).
+    laplacian_weights_masked : zero step 1's weights outside the mask (default True, the author's
+        ``Wi .* maskErode``: the data term covers the mask only).  False is the open reading: L is
+        0 outside the mask, the weight there is the ramp's value at 0 (1) and the fit also asks
+        for zero field outside the mask.
+    lsqr_tol, lsqr_maxit : step 1 stopping (relative residual 0.01 as the author's caller; at
+        most 200 iterations as the author's routine -- the open reading stops at 50).
+    lsqr_precision : "double" (default, as the author's MATLAB) or "single": precision of step
+        1's LSQR vectors.  In single precision the early-stopped LSQR on the normal equations
+        amplifies rounding to ~1e-3 relative (a one-ulp change of f moves chi that much), so the
+        method is then homogeneous only to that level; double costs about 1.5x step 1's time.
     fastqsm_exponent : n of ``|D|^n`` (0.001, dimensionless).
     fastqsm_low_pct, fastqsm_high_pct : ramp of that k-space weight, percent (1, 30).
     fastqsm_radius_mm : spherical-mean radius, mm (3).
@@ -715,32 +786,45 @@ class ILSQR(Method):
     tkd_threshold : TKD threshold of the calibration (1/8).
     calibration_region : voxels of the least-squares calibration fit: "volume" (default, the
         whole array as the open code, both maps being 0 outside the mask) or "mask".
-    cone_threshold : ``|D|`` below which k-space is ill-conditioned (0.1).
-    gradient_low_pct, gradient_high_pct : ramp of step 3's weights, percent (50, 70).
+    cone_threshold : ``|D|`` below which k-space is ill-conditioned (0.1, METHODS.md; the author's
+        pipeline script passes 0.15).
+    gradient_low_pct, gradient_high_pct : ramp of the gradient factor of step 3's weights,
+        percent (40, 60: the author's; the open reading uses 50, 70).
+    structural_laplacian_weights : multiply step 3's weights by the field's Laplacian weights
+        (default True, the author's; False: gradient factor only, the open reading).
+    structural_laplacian_low_pct, structural_laplacian_high_pct : ramp of that Laplacian factor,
+        percent (40, 60).
+    structural_weights_masked : zero step 3's weights outside the mask (default False, the
+        author's: there they are 1, which anchors the streak estimate and makes step 3 well-posed;
+        True is the open reading, whose step 3 only works early stopped).
     gradient_bc : boundary of step 3's forward differences, "periodic" (default, as the open
         code) or "neumann".
-    lsmr_tol, lsmr_maxit, lsmr_conlim : step 3 stopping (atol = btol = 0.01, 50 iterations,
-        condition limit 1e8 as in SOL's lsmr).
+    streak_solver : "lsqr" (default, the author's) or "lsmr" (the open reading).
+    streak_tol, streak_maxit : step 3 stopping (0.01, 200: MATLAB ``lsqr`` rules; for LSMR
+        ``atol = btol = streak_tol``; the open reading uses LSMR with 50 iterations).
+    lsmr_conlim : LSMR's condition limit (1e8 as in SOL's lsmr; unused by LSQR).
     d0 : D(0) of the dipole kernel (0: the mean over the FFT box is not fitted; it falls in the
         cone and is left to the streaking step, as are all of the cone's frequencies).
     mask_field : multiply the field by the mask first (default True: the local field is only
-        defined inside the mask).
-    pad_factor : zero padding of every FFT grid (1 = none, the default of the open MATLAB code;
-        2 roughly multiplies the run time by 8).
+        defined inside the mask; the author's script does the same).
+    pad_factor : zero padding of every FFT grid (1 = none, the default of the author's and the
+        open code; 2 roughly multiplies the run time by 8).
 
     Field in ppm in, chi in ppm out (masked).
     """
 
     name = "ilsqr"
+    symmetry = "linear"   # absolute percentile-ramp weights, relative stopping rules
     parameters = {
-        "weights": "signed",
+        "weights": "absolute",
         "differences": "mask_adaptive",
         "percentile_method": "hazen",
         "laplacian_low_pct": 60.0,
         "laplacian_high_pct": 99.9,
-        "laplacian_weights_masked": False,
+        "laplacian_weights_masked": True,
         "lsqr_tol": 0.01,
-        "lsqr_maxit": 50,
+        "lsqr_maxit": 200,
+        "lsqr_precision": "double",
         "fastqsm_exponent": 0.001,
         "fastqsm_low_pct": 1.0,
         "fastqsm_high_pct": 30.0,
@@ -749,11 +833,16 @@ class ILSQR(Method):
         "tkd_threshold": 0.125,
         "calibration_region": "volume",
         "cone_threshold": 0.1,
-        "gradient_low_pct": 50.0,
-        "gradient_high_pct": 70.0,
+        "gradient_low_pct": 40.0,
+        "gradient_high_pct": 60.0,
+        "structural_laplacian_weights": True,
+        "structural_laplacian_low_pct": 40.0,
+        "structural_laplacian_high_pct": 60.0,
+        "structural_weights_masked": False,
         "gradient_bc": "periodic",
-        "lsmr_tol": 0.01,
-        "lsmr_maxit": 50,
+        "streak_solver": "lsqr",
+        "streak_tol": 0.01,
+        "streak_maxit": 200,
         "lsmr_conlim": 1e8,
         "d0": 0.0,
         "mask_field": True,
@@ -774,9 +863,10 @@ class ILSQR(Method):
 
     def reconstruct(self, vol):
         chi, details = ilsqr(vol.field_ppm, vol.mask, vol.voxel_size_mm, vol.b0_dir, **self.params)
-        lsqr_info, lsmr_info = details["lsqr"], details["lsmr"]
+        lsqr_info, sa_info = details["lsqr"], details["streak"]
         alpha, beta = details["calibration"]
-        self.notes.append(f"ilsqr: LSQR {lsqr_info['iterations']} iterations ({lsqr_info['stop']}, "
-                          f"relres {lsqr_info['relres']:.3g}); LSMR {lsmr_info['iterations']} iterations "
-                          f"({lsmr_info['stop']}); FastQSM calibration alpha={alpha:.4g}, beta={beta:.3g} ppm")
+        self.notes.append(f"ilsqr: step 1 LSQR {lsqr_info['iterations']} iterations ({lsqr_info['stop']}, "
+                          f"relres {lsqr_info['relres']:.3g}); step 3 {sa_info['solver'].upper()} "
+                          f"{sa_info['iterations']} iterations ({sa_info['stop']}); FastQSM calibration "
+                          f"alpha={alpha:.4g}, beta={beta:.3g} ppm")
         return chi * vol.mask

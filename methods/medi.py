@@ -23,6 +23,9 @@ from qsmbench import operators, physics
 from qsmbench.errors import ConfigError, InputError
 from qsmbench.method import Method
 
+#: Data-term weightings: the toolbox's ``data_weighting`` modes 0 (uniform) and 1 (1 / noise std).
+DATA_WEIGHTINGS = ("uniform", "magnitude")
+
 # --------------------------------------------------------------------------- edge mask
 
 
@@ -310,11 +313,14 @@ class MEDIProblem:
 
 
 def conjugate_gradient(apply_a: Callable[[np.ndarray], np.ndarray], b: np.ndarray, *, tol: float,
-                       max_iter: int, replace_every: int = 50) -> tuple[np.ndarray, float, int]:
+                       max_iter: int, replace_every: int = 50, return_best: bool = False
+                       ) -> tuple[np.ndarray, float, int]:
     """Plain CG from zero for ``A x = b``; stops when ``||r|| <= tol ||b||`` or after ``max_iter``.
 
-    Returns the iterate with the smallest relative residual seen, that residual and the number
-    of iterations.  The recursive residual is replaced by ``b - A x`` every ``replace_every``
+    Returns the last iterate (``return_best=False``, as the toolbox's ``cgsolve``, which tracks
+    the best iterate but returns the last one) or the iterate with the smallest relative residual
+    seen; then the smallest relative residual seen (what ``cgsolve`` reports) and the number of
+    iterations.  The recursive residual is replaced by ``b - A x`` every ``replace_every``
     iterations (as the toolbox's CG does).
     """
     x = np.zeros_like(b)
@@ -325,7 +331,8 @@ def conjugate_gradient(apply_a: Callable[[np.ndarray], np.ndarray], b: np.ndarra
     if delta0 == 0.0:
         return x, 0.0, 0
     delta = delta0
-    best, best_res = x.copy(), 1.0
+    best = x.copy() if return_best else None
+    best_res = 1.0
     n = 0
     while n < max_iter and delta > tol * tol * delta0:
         q = apply_a(d)
@@ -345,8 +352,9 @@ def conjugate_gradient(apply_a: Callable[[np.ndarray], np.ndarray], b: np.ndarra
         res = math.sqrt(delta / delta0)
         if res < best_res:
             best_res = res
-            np.copyto(best, x)
-    return best, best_res, n
+            if return_best:
+                np.copyto(best, x)
+    return (best if return_best else x), best_res, n
 
 
 # --------------------------------------------------------------------------- the solver
@@ -360,6 +368,7 @@ class MEDIResult:
         before the update, ``cg_iterations``, ``cg_residual``, ``data``, ``reg``, ``csf``,
         ``total`` = the cost after the update, ``merit_voxels``); ``initial_cost`` is the cost at 0.
     edges : the :class:`EdgeMask`, or None without magnitude weighting.
+    weight : the data weight W on the input grid (after MERIT's last update), mean 1 in the mask.
     """
 
     x_rad: np.ndarray
@@ -368,22 +377,62 @@ class MEDIResult:
     initial_cost: dict[str, float]
     edges: EdgeMask | None
     converged: bool
+    weight: np.ndarray | None = None
+
+
+def magnitude_noise_std(magnitude: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Relative noise standard deviation of the field from the magnitude: ``1 / |magnitude|`` in
+    the mask, 0 outside.
+
+    For complex Gaussian noise of standard deviation sigma, the phase of a voxel of magnitude
+    ``|S|`` has noise ``sigma / |S|`` rad (high-SNR limit), so the field's noise std is
+    proportional to ``1 / |S|`` -- what the toolbox's multi-echo fit (``Fit_ppm_complex``)
+    returns as ``N_std``, up to a constant that the data weight's normalisation removes.  Voxels
+    of zero magnitude get 0 here, which :func:`data_weight` turns into weight 0 (the toolbox
+    zeroes non-finite weights).
+    """
+    mag = np.abs(np.asarray(magnitude, dtype=np.float64))
+    m = np.asarray(mask, dtype=bool) & (mag > 0)
+    out = np.zeros(mag.shape, dtype=np.float64)
+    out[m] = 1.0 / mag[m]
+    return out
+
+
+def data_weight(noise_std: np.ndarray, mask: np.ndarray, dtype=np.float32) -> np.ndarray:
+    """The toolbox's data weight (``dataterm_mask``, mode 1): ``mask / noise_std`` with non-finite
+    values set to 0, normalised to mean 1 over the mask."""
+    m = np.asarray(mask, dtype=bool)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        w = np.where(m, 1.0 / np.asarray(noise_std, dtype=np.float64), 0.0)
+    w[~np.isfinite(w)] = 0
+    mean = float(w[m].mean()) if m.any() else 0.0
+    if not mean > 0:
+        raise InputError("MEDI data weight: the noise map gives no finite weight inside the mask")
+    return (w / mean).astype(dtype)
 
 
 def medi_l1(rdf_rad: np.ndarray, mask: np.ndarray, voxel_size_mm: Sequence[float],
             b0_dir: Sequence[float] = (0.0, 0.0, 1.0), *, magnitude: np.ndarray | None = None,
             lam: float = 1000.0, percentage: float = 0.9, edge_weighting: bool = True,
+            data_weighting: str = "magnitude", noise_std: np.ndarray | None = None,
             eps: float = 1e-6, max_iter: int = 10, tol_norm_ratio: float = 0.1,
-            cg_max_iter: int = 100, cg_tol: float = 0.01, smv: bool = False, smv_radius_mm: float = 5.0,
-            merit: bool = False, merit_sigma: float = 6.0, csf_mask: np.ndarray | None = None,
-            lam_csf: float = 100.0, pad_factor: float = 1.0, d0: float = 0.0,
-            dtype=np.float32) -> MEDIResult:
+            cg_max_iter: int = 100, cg_tol: float = 0.01, cg_return: str = "last", smv: bool = False,
+            smv_radius_mm: float = 5.0, merit: bool = False, merit_sigma: float = 6.0,
+            csf_mask: np.ndarray | None = None, lam_csf: float = 100.0, pad_factor: float = 1.0,
+            d0: float = 0.0, dtype=np.float32) -> MEDIResult:
     """MEDI (``MEDI_L1`` semantics) on a field in radians; see :class:`MEDI` for the parameters.
 
     ``magnitude=None`` or ``edge_weighting=False`` gives plain anisotropic TV (``wG = 1``).
-    The noise map is unknown here, so the data weight is the mask (normalised to mean 1 in the
-    mask, which leaves a binary mask unchanged); MERIT then adapts it.
+    Data weight ``W = mask / N_std`` normalised to mean 1 in the mask (:func:`data_weight`):
+    ``data_weighting="magnitude"`` (the toolbox's default mode 1) takes ``N_std = noise_std`` when
+    given, else :func:`magnitude_noise_std` of ``magnitude``; ``"uniform"`` (mode 0), or no
+    magnitude and no noise map, gives ``W = mask``.  MERIT then adapts ``N_std`` (a unit map when
+    uniform).
     """
+    if data_weighting not in DATA_WEIGHTINGS:
+        raise ConfigError(f"medi: data_weighting must be one of {', '.join(DATA_WEIGHTINGS)}, got {data_weighting!r}")
+    if cg_return not in ("last", "best"):
+        raise ConfigError(f"medi: cg_return must be 'last' or 'best', got {cg_return!r}")
     dtype = np.dtype(dtype).type
     shape = tuple(np.shape(rdf_rad))
     vs = tuple(float(v) for v in voxel_size_mm)
@@ -397,8 +446,16 @@ def medi_l1(rdf_rad: np.ndarray, mask: np.ndarray, voxel_size_mm: Sequence[float
     rdf = pad(rdf_rad, dtype)
     m = pad(mask, bool)
     kernel = physics.dipole_kernel(pshape, vs, b0_dir, d0=d0, rfft=True, dtype=dtype)
-    n_std = m.astype(dtype)             # unknown noise: unit standard deviation in the mask
+    weighted = data_weighting == "magnitude" and (noise_std is not None or magnitude is not None)
+    if not weighted:
+        n_std = m.astype(dtype)         # mode 0 / unknown noise: unit standard deviation in the mask
+    elif noise_std is not None:
+        n_std = pad(noise_std, dtype) * m
+    else:
+        n_std = pad(magnitude_noise_std(magnitude, mask), dtype)
     if smv:
+        # as the toolbox: the noise map is masked by the *input* mask (above), then smoothed;
+        # the mask is eroded and the weight is taken on the eroded mask
         sphere = smv_kernel(pshape, vs, smv_radius_mm)
         m = dipole_conv(m.astype(dtype), sphere) > 0.999
         if not m.any():
@@ -406,17 +463,12 @@ def medi_l1(rdf_rad: np.ndarray, mask: np.ndarray, voxel_size_mm: Sequence[float
         high_pass = (1.0 - sphere).astype(dtype)
         kernel *= high_pass
         rdf = dipole_conv(rdf, high_pass) * m
-        n_std = n_std * m
 
-    def data_weight(noise):
+    def weight_of(noise):
         tempn = noise
         if smv:
             tempn = np.sqrt(np.maximum(dipole_conv(noise * noise, sphere), 0) + noise * noise)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            w = np.where(m, 1.0 / tempn, 0.0)
-        w[~np.isfinite(w)] = 0
-        w = w.astype(dtype)
-        return w / w[m].mean(dtype=np.float64).astype(dtype)
+        return data_weight(tempn, m, dtype)
 
     edges = None
     if magnitude is not None and edge_weighting:
@@ -424,7 +476,7 @@ def medi_l1(rdf_rad: np.ndarray, mask: np.ndarray, voxel_size_mm: Sequence[float
         wg = edges.wg
     else:
         wg = np.ones((3, *pshape), dtype=dtype)
-    w = data_weight(n_std)
+    w = weight_of(n_std)
     prob = MEDIProblem(rdf=rdf, w2=w * w, wg=wg, kernel=kernel, voxel_size_mm=vs, lam=float(lam),
                        eps=float(eps), csf_mask=None if csf_mask is None else pad(csf_mask, bool) & m,
                        lam_csf=float(lam_csf))
@@ -441,7 +493,7 @@ def medi_l1(rdf_rad: np.ndarray, mask: np.ndarray, voxel_size_mm: Sequence[float
         b = prob.gradient(x, dxc, weights)
         b *= -1
         dx, cg_res, cg_n = conjugate_gradient(prob.hessian_operator(weights), b, tol=cg_tol,
-                                              max_iter=int(cg_max_iter))
+                                              max_iter=int(cg_max_iter), return_best=cg_return == "best")
         del b, weights
         norm_x = float(np.linalg.norm(x))
         ratio = float(np.linalg.norm(dx)) / norm_x if norm_x > 0 else math.inf
@@ -460,7 +512,7 @@ def medi_l1(rdf_rad: np.ndarray, mask: np.ndarray, voxel_size_mm: Sequence[float
                 scale = np.maximum(mag_res / dtype(factor), dtype(1))
                 entry["merit_voxels"] = int(np.count_nonzero((scale > 1) & m))
                 n_std = np.where(m, n_std * scale * scale, n_std).astype(dtype)
-                w = data_weight(n_std)
+                w = weight_of(n_std)
                 prob.w2 = w * w
         history.append(entry)
         if ratio < tol_norm_ratio:
@@ -469,20 +521,25 @@ def medi_l1(rdf_rad: np.ndarray, mask: np.ndarray, voxel_size_mm: Sequence[float
     mask_out = m[: shape[0], : shape[1], : shape[2]]
     x_out = x[: shape[0], : shape[1], : shape[2]] * mask_out
     return MEDIResult(x_rad=np.ascontiguousarray(x_out), mask_out=mask_out, history=history,
-                      initial_cost=initial, edges=edges, converged=converged)
+                      initial_cost=initial, edges=edges, converged=converged,
+                      weight=np.ascontiguousarray(w[: shape[0], : shape[1], : shape[2]]))
 
 
 def medi_cost(x_rad: np.ndarray, rdf_rad: np.ndarray, mask: np.ndarray, voxel_size_mm: Sequence[float],
               b0_dir: Sequence[float] = (0.0, 0.0, 1.0), *, magnitude: np.ndarray | None = None,
               lam: float = 1000.0, percentage: float = 0.9, edge_weighting: bool = True,
-              d0: float = 0.0) -> dict[str, float]:
+              data_weighting: str = "magnitude", d0: float = 0.0) -> dict[str, float]:
     """The MEDI cost (no SMV, no MERIT, no CSF term, no padding) of ``x_rad`` for a field in radians."""
     vs = tuple(float(v) for v in voxel_size_mm)
     m = np.asarray(mask, dtype=bool)
     dtype = np.float64 if np.asarray(x_rad).dtype == np.float64 else np.float32
     wg = (edge_mask(magnitude, m, vs, percentage).wg if magnitude is not None and edge_weighting
           else np.ones((3, *m.shape), dtype=dtype))
-    prob = MEDIProblem(rdf=np.asarray(rdf_rad, dtype=dtype), w2=m.astype(dtype), wg=wg.astype(dtype),
+    if data_weighting == "magnitude" and magnitude is not None:
+        w = data_weight(magnitude_noise_std(magnitude, m), m, dtype)
+    else:
+        w = m.astype(dtype)
+    prob = MEDIProblem(rdf=np.asarray(rdf_rad, dtype=dtype), w2=w * w, wg=wg.astype(dtype),
                        kernel=physics.dipole_kernel(m.shape, vs, b0_dir, d0=d0, rfft=True, dtype=dtype),
                        voxel_size_mm=vs, lam=lam)
     return prob.cost(np.asarray(x_rad, dtype=dtype))
@@ -497,14 +554,21 @@ class MEDI(Method):
     ``lam * ||W (exp(i D*x) - exp(i RDF))||^2 + sum_voxels sum_j |wG_j grad_j x|``
 
     (nonlinear complex data term, anisotropic L1 of the edge-weighted gradient) by Gauss-Newton
-    with lagged diffusivity, then returns ``chi_ppm = x / (2 pi gamma_bar B0 TE) * 1e6``.
+    with lagged diffusivity, then returns ``chi_ppm = x / (2 pi gamma_bar B0 T) * 1e6``.
 
-    * ``RDF = f_ppm * 2 pi gamma_bar B0 TE * 1e-6`` with the volume's B0 and TE
-      (:func:`qsmbench.physics.ppm_to_rad`); for data that states none, qsmbench's reference
-      acquisition 3 T / 25 ms.  ``lam`` acts in radians, so -- as in the toolbox -- the same
-      field in ppm at a longer TE or higher B0 is regularised relatively less.
-    * ``W`` = mask / noise std, normalised to mean 1 in the mask; the noise std is unknown, so
-      ``W`` = mask (MERIT adapts it).
+    * ``RDF = f_ppm * 2 pi gamma_bar B0 T * 1e-6`` (:func:`qsmbench.physics.ppm_to_rad`) with the
+      volume's B0 and ``T`` the time over which the toolbox's field map accrues phase: its
+      multi-echo fit (``Fit_ppm_complex``) returns the phase per **echo spacing** ``delta_TE``, so
+      for multi-echo data whose manifest records ``acquisition.echo_spacing_s`` (RC2: 8 ms) ``T``
+      is that spacing; otherwise (single echo) the volume's TE, or qsmbench's reference
+      acquisition 3 T / 25 ms for data that states none (``te_source``).  ``lam`` acts in
+      radians, so -- as in the toolbox -- the same field in ppm at a longer T or higher B0 is
+      regularised relatively less.
+    * ``W = mask / N_std`` normalised to mean 1 in the mask (the toolbox's ``data_weighting``
+      mode 1, its default): ``N_std``, the field's noise std, is ``1 / magnitude`` -- the phase
+      noise of a complex signal with Gaussian noise, which is also how qsmbench's noise
+      perturbation makes it -- so ``W = magnitude / mean(magnitude in the mask)`` in the mask.
+      ``data_weighting="uniform"`` (mode 0), or no magnitude, gives ``W = mask`` (noted).
     * ``wG``: binary edge mask of ``mask * magnitude`` (see :func:`edge_mask`; ``percentage``
       edge components per mask voxel).  Without a magnitude ``wG = 1`` (plain TV), noted in
       ``run.json``.
@@ -512,8 +576,12 @@ class MEDI(Method):
       Neumann forward differences scaled by the voxel size and their exact adjoint.
     * Gauss-Newton: at most ``max_iter`` iterations, stop when ``||dx|| / ||x|| < tol_norm_ratio``
       (``x`` before the update, so at least two iterations); each step solves the normal
-      equations with CG from zero (``cg_max_iter``, relative residual ``cg_tol``), lagged
-      diffusivity ``1 / sqrt(|wG grad x|^2 + eps)``.
+      equations with CG from zero (``cg_max_iter``, relative residual ``cg_tol``) and takes its
+      last iterate, as the toolbox's ``cgsolve``; lagged diffusivity
+      ``1 / sqrt(|wG grad x|^2 + eps)``.
+    * Symmetry: the cost is unchanged under ``(x, RDF) -> (-x, -RDF)`` (W and wG come from the
+      magnitude), and every step of the solver is odd in the field, so ``chi(-f) = -chi(f)`` to
+      float rounding; it is not homogeneous (``lam`` is fixed in radians).
 
     Parameters
     ----------
@@ -523,6 +591,13 @@ class MEDI(Method):
         Edge components per mask voxel in the edge mask (0.9 = 30 % of the gradient components).
     edge_weighting : bool, default True
         Use the magnitude edge mask; False gives plain TV even with a magnitude.
+    data_weighting : "magnitude" (default, the toolbox's mode 1) or "uniform" (mode 0)
+        Data weight ``W``: mask / noise std with the noise std ``1 / magnitude``, normalised to
+        mean 1 in the mask; or the mask.  Without a magnitude both are the mask.
+    te_source : "echo_spacing" (default) or "te"
+        The time ``T`` that turns the field into radians: the dataset's echo spacing when it
+        records one (``meta["echo_spacing_s"]``, from the manifest's ``acquisition.echo_spacing_s``;
+        the toolbox's ``delta_TE``), else its TE; or always its TE.
     eps : float, default 1e-6
         Lagged-diffusivity smoothing, (rad/mm)^2.
     max_iter : int, default 10
@@ -533,10 +608,14 @@ class MEDI(Method):
         CG iterations per Gauss-Newton step at most.
     cg_tol : float, default 0.01
         CG relative residual.
+    cg_return : "last" (default, the toolbox's ``cgsolve``) or "best"
+        Which CG iterate a Gauss-Newton step takes: the last one, or the one with the smallest
+        residual seen.
     smv : bool, default False
         Apply the SMV high-pass (radius ``smv_radius_mm``) to field and kernel and erode the
         mask accordingly (the toolbox's option for fields with residual background; off for
-        local fields).
+        local fields).  As in the toolbox, the noise map is masked by the input mask, then
+        smoothed (``sqrt(SMV(N^2) + N^2)``), and the weight is taken on the eroded mask.
     smv_radius_mm : float, default 5
         SMV sphere radius, mm.
     merit : bool, default False
@@ -563,9 +642,11 @@ class MEDI(Method):
     """
 
     name = "medi"
+    symmetry = "odd"      # the cost in radians is odd-symmetric; lambda makes it not homogeneous
     parameters = {
-        "lam": 1000.0, "percentage": 0.9, "edge_weighting": True, "eps": 1e-6,
-        "max_iter": 10, "tol_norm_ratio": 0.1, "cg_max_iter": 100, "cg_tol": 0.01,
+        "lam": 1000.0, "percentage": 0.9, "edge_weighting": True, "data_weighting": "magnitude",
+        "te_source": "echo_spacing", "eps": 1e-6,
+        "max_iter": 10, "tol_norm_ratio": 0.1, "cg_max_iter": 100, "cg_tol": 0.01, "cg_return": "last",
         "smv": False, "smv_radius_mm": 5.0, "merit": False, "merit_sigma": 6.0,
         "medi0": False, "lam_csf": 100.0, "pad_factor": 1.0, "d0": 0.0,
     }
@@ -592,6 +673,10 @@ class MEDI(Method):
                 raise ConfigError(f"medi: {key} must be > 0, got {p[key]}")
         if not p["tol_norm_ratio"] >= 0:
             raise ConfigError(f"medi: tol_norm_ratio must be >= 0, got {p['tol_norm_ratio']}")
+        for key, allowed in (("data_weighting", DATA_WEIGHTINGS), ("te_source", ("echo_spacing", "te")),
+                             ("cg_return", ("last", "best"))):
+            if p[key] not in allowed:
+                raise ConfigError(f"medi: {key} must be one of {', '.join(allowed)}, got {p[key]!r}")
         if not p["lam_csf"] >= 0:
             raise ConfigError(f"medi: lam_csf must be >= 0, got {p['lam_csf']}")
         if p["medi0"]:
@@ -599,26 +684,37 @@ class MEDI(Method):
                 "medi: medi0=True needs a ventricular CSF mask; the toolbox derives it from an R2* map, "
                 "which a qsmbench volume does not carry, and methods never see the labels")
 
+    def phase_time(self, vol) -> tuple[float, str]:
+        """The time (s) over which the field accrues the phase MEDI works with, and its origin."""
+        spacing = (vol.meta or {}).get("echo_spacing_s")
+        if self.params["te_source"] == "echo_spacing" and spacing:
+            return float(spacing), "echo spacing"
+        return float(vol.te_s), "TE"
+
     def reconstruct(self, vol):
         p = self.params
         self._check()
-        rdf = physics.ppm_to_rad(vol.field_ppm.astype(np.float64), vol.b0_tesla, vol.te_s)
-        rad_per_ppm = physics.ppm_to_rad(1.0, vol.b0_tesla, vol.te_s)
-        note = (f"radians: B0 = {vol.b0_tesla:g} T, TE = {vol.te_s * 1e3:g} ms "
+        t, which = self.phase_time(vol)
+        rdf = physics.ppm_to_rad(vol.field_ppm.astype(np.float64), vol.b0_tesla, t)
+        rad_per_ppm = physics.ppm_to_rad(1.0, vol.b0_tesla, t)
+        note = (f"radians: B0 = {vol.b0_tesla:g} T, {which} = {t * 1e3:g} ms "
                 f"({rad_per_ppm:.4g} rad/ppm)")
-        if (vol.b0_tesla, vol.te_s) == (physics.REFERENCE_B0_TESLA, physics.REFERENCE_TE_S):
+        if which == "TE" and (vol.b0_tesla, vol.te_s) == (physics.REFERENCE_B0_TESLA, physics.REFERENCE_TE_S):
             note += "; these are qsmbench's reference values, used when a dataset states none"
         self.notes.append(note)
+        if p["data_weighting"] == "magnitude" and vol.magnitude is None:
+            self.notes.append("no magnitude: uniform data weight (W = mask)")
         if vol.magnitude is None:
             self.notes.append("no magnitude: plain TV (wG = 1)")
         elif not p["edge_weighting"]:
             self.notes.append("edge_weighting off: plain TV (wG = 1)")
         res = medi_l1(
             rdf.astype(np.float32), vol.mask, vol.voxel_size_mm, vol.b0_dir, magnitude=vol.magnitude,
-            lam=p["lam"], percentage=p["percentage"], edge_weighting=p["edge_weighting"], eps=p["eps"],
+            lam=p["lam"], percentage=p["percentage"], edge_weighting=p["edge_weighting"],
+            data_weighting=p["data_weighting"], eps=p["eps"],
             max_iter=p["max_iter"], tol_norm_ratio=p["tol_norm_ratio"], cg_max_iter=p["cg_max_iter"],
-            cg_tol=p["cg_tol"], smv=p["smv"], smv_radius_mm=p["smv_radius_mm"], merit=p["merit"],
-            merit_sigma=p["merit_sigma"], pad_factor=p["pad_factor"], d0=p["d0"])
+            cg_tol=p["cg_tol"], cg_return=p["cg_return"], smv=p["smv"], smv_radius_mm=p["smv_radius_mm"],
+            merit=p["merit"], merit_sigma=p["merit_sigma"], pad_factor=p["pad_factor"], d0=p["d0"])
         #: the last run's solver record (history, edge mask), for tests and diagnostics
         self.result = res
         h = res.history
@@ -628,5 +724,5 @@ class MEDI(Method):
         if res.edges is not None:
             self.notes.append(f"edge mask: tau = {res.edges.tau:.4g}/mm, "
                               f"{res.edges.edge_fraction:.3f} edges per mask voxel")
-        chi = physics.rad_to_ppm(res.x_rad.astype(np.float64), vol.b0_tesla, vol.te_s)
+        chi = physics.rad_to_ppm(res.x_rad.astype(np.float64), vol.b0_tesla, t)
         return (chi * vol.mask).astype(np.float32)

@@ -18,6 +18,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from .devices import candidate_profiles
 from .errors import ConfigError, MethodError
 
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "config.schema.json"
@@ -55,6 +56,7 @@ def validate_config(config: Mapping[str, Any], *, source: str = "config",
     e.g. ``config/config.yaml: key 'datasets.phantom.shape': 'x' is not of type 'array'``.
     """
     config = json.loads(json.dumps(config))  # plain types, a copy
+    _cli_booleans(config)
     validator = jsonschema.Draft202012Validator(schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(list(e.absolute_path)), e.path))
     if errors:
@@ -67,6 +69,16 @@ def validate_config(config: Mapping[str, Any], *, source: str = "config",
     return config
 
 
+def _cli_booleans(config: dict) -> None:
+    """Top-level boolean keys given as text (``snakemake --config strict_datasets=true`` passes the
+    string 'true') become booleans; anything else is left for the schema to reject."""
+    words = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+    for key, spec in schema()["properties"].items():
+        value = config.get(key)
+        if spec.get("type") == "boolean" and isinstance(value, str) and value.strip().lower() in words:
+            config[key] = words[value.strip().lower()]
+
+
 def _most_specific(error: jsonschema.ValidationError) -> jsonschema.ValidationError:
     """For if/then/allOf failures, report the innermost error (it names the actual key)."""
     best = error
@@ -76,14 +88,20 @@ def _most_specific(error: jsonschema.ValidationError) -> jsonschema.ValidationEr
 
 
 def method_runs(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """``{run_id: {"method", "profile", "params"}}`` with defaults filled in."""
+    """``{run_id: {"method", "profile", "params", "timeout_s", "mem_mb"}}`` with defaults filled in.
+
+    ``timeout_s`` and ``mem_mb`` are None unless the run sets them (the runner then uses the
+    method's default time limit for the profile, the workflow the rule's default memory).
+    """
     runs = {}
     for run_id, spec in config["methods"].items():
         spec = spec or {}
         runs[run_id] = {
             "method": spec.get("method", run_id),
-            "profile": spec.get("profile", config.get("profile", "quick")),
+            "profile": spec.get("profile", config.get("profile", "auto")),
             "params": dict(spec.get("params", {})),
+            "timeout_s": spec.get("timeout_s"),
+            "mem_mb": spec.get("mem_mb"),
         }
     return runs
 
@@ -105,9 +123,36 @@ def _check_methods(config: Mapping[str, Any], source: str) -> None:
         if info.cls is None:  # unavailable at import time; the run will record the reason
             continue
         try:
-            info.cls.resolve_parameters(run["params"], profile=run["profile"])
+            for profile in candidate_profiles(run["profile"]):  # auto: quick on the CPU, paper on CUDA
+                info.cls.resolve_parameters(run["params"], profile=_defined(info.cls, profile))
         except ConfigError as exc:
             raise ConfigError(f"{source}: key '{key}': {exc}") from None
+
+
+def _defined(cls, profile: str | None) -> str | None:
+    """``profile``, or ``default`` when ``auto`` would fall back to the defaults (see resolve_profile)."""
+    return profile if profile is None or profile in cls.profiles else "default"
+
+
+def without_datasets(config: Mapping[str, Any], names) -> dict:
+    """A copy of a validated ``config`` without the datasets ``names`` (e.g. gated data not present).
+
+    Perturbation entries that list datasets lose those names, and an entry left with none is
+    dropped, so that :func:`perturbation_plan` of the result plans only the remaining datasets.
+    """
+    names = set(names)
+    out = json.loads(json.dumps(config))
+    out["datasets"] = {d: spec for d, spec in out["datasets"].items() if d not in names}
+    perts = []
+    for item in out.get("perturbations", []):
+        if isinstance(item, Mapping) and "datasets" in item:
+            kept = [d for d in item["datasets"] if d not in names]
+            if not kept:
+                continue
+            item = {**item, "datasets": kept}
+        perts.append(item)
+    out["perturbations"] = perts
+    return out
 
 
 def config_hash(config: Mapping[str, Any]) -> str:
@@ -127,7 +172,7 @@ def dataset_has_truth(config: Mapping[str, Any], name: str) -> bool:
     spec = config["datasets"][name]
     if spec.get("type") == "manifest":
         return dataset_manifest(config, name).has_truth
-    return spec.get("type") == "phantom"
+    return spec.get("type") in SIMULATED_TYPES
 
 
 def dataset_manifest(config: Mapping[str, Any], name: str):
@@ -139,22 +184,42 @@ def dataset_manifest(config: Mapping[str, Any], name: str):
     return load_manifest(spec.get("manifest", name))
 
 
+#: Dataset types qsmbench simulates (with a ground truth and a seed that must be a test seed).
+SIMULATED_TYPES = ("phantom", "brainweb")
+
+
 def _check_datasets(config: Mapping[str, Any], source: str) -> None:
-    """Every manifest dataset names a manifest that exists and validates."""
+    """Every manifest dataset names a manifest that exists and validates; every simulated
+    dataset's seed is a test seed (:mod:`qsmbench.seeds`): never a training or tuning subject."""
+    from . import seeds  # noqa: PLC0415
+
+    def check_seed(seed, where: str) -> None:
+        try:
+            seeds.check_role(seed, "test", where=where)
+        except ValueError as exc:
+            ranges = ", ".join(f"{role} {lo}..{hi - 1}" for role, (lo, hi) in seeds.RANGES.items())
+            raise ConfigError(f"{source}: {exc}. A benchmark dataset must not be a subject any method was "
+                              f"trained or tuned on (seed ranges: {ranges})") from None
+
     for name, spec in config["datasets"].items():
+        if spec.get("type") in SIMULATED_TYPES:
+            check_seed(spec.get("seed", 0), f"key 'datasets.{name}.seed'")
         if spec.get("type") != "manifest":
             continue
         try:
-            dataset_manifest(config, name)
+            m = dataset_manifest(config, name)
         except ConfigError as exc:  # ManifestError: names the manifest file and its key
             raise ConfigError(f"{source}: key 'datasets.{name}.manifest': {exc}") from None
+        if m.source_type == "simulated":
+            check_seed(m.source.get("parameters", {}).get("seed", 0),
+                       f"key 'datasets.{name}' (manifest {m.path}: key 'source.parameters.seed')")
 
 
 def dataset_geometry(config: Mapping[str, Any], name: str) -> dict[str, tuple] | None:
     """``shape``, ``voxel_size_mm`` and ``b0_dir`` of dataset ``name`` when the config fixes them.
 
-    For the phantom: its keys, or :func:`qsmbench.phantom.make_phantom`'s defaults.  ``None`` when
-    only the data know (the perturb job checks the same constraints then, with an error naming
+    For a simulated dataset (phantom, brainweb): its keys, or :func:`qsmbench.phantom.make_phantom`'s
+    defaults.  ``None`` when only the data know (the perturb job checks the same constraints then, with an error naming
     the volume).
     """
     spec = config["datasets"][name]
@@ -165,7 +230,7 @@ def dataset_geometry(config: Mapping[str, Any], name: str) -> dict[str, tuple] |
             return None
         return {"shape": tuple(geometry["shape"]), "voxel_size_mm": tuple(geometry["voxel_size_mm"]),
                 "b0_dir": tuple(m.acquisition["b0_dir"])}
-    if spec.get("type") != "phantom":
+    if spec.get("type") not in SIMULATED_TYPES:
         return None
     import inspect  # noqa: PLC0415
 

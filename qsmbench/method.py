@@ -41,6 +41,22 @@ tuned_on : dict or None
     E.g. ``{"what": "regularisation weights", "phantom_model": "mni", "seeds": [2000017, ...]}``
     -- the seeds must come from the reserved tuning range (:mod:`qsmbench.seeds`).  Copied into
     every ``run.json`` and shown in the report's method table.
+symmetry : str or None
+    What the method guarantees, with its default parameters, about sign and scale of the field (checked by
+    ``tests/test_symmetry.py``, which picks the check from this value; one of :data:`SYMMETRIES`):
+
+    * ``"linear"`` -- ``chi(a f) = a chi(f)`` for every real ``a`` (odd and homogeneous of degree
+      one), up to float rounding: methods linear in the field by design (TKD, CFL2) and those
+      whose data-dependent weights are scale- and sign-invariant (iLSQR).
+    * ``"odd"`` -- ``chi(-f) = -chi(f)`` up to float rounding, but not homogeneous (MEDI: its
+      cost in radians is odd-symmetric, while the nonlinear data term and the fixed lambda make
+      the result depend on the field's scale).
+    * ``None`` (default) -- nothing is guaranteed (e.g. learned methods); such a method is not
+      checked.
+timeout_s : dict[str, float]
+    Wall-clock limit (s) of one isolated workflow run by profile (``"default"`` for the others);
+    the base class gives 30 min for ``quick`` and 6 h otherwise.  A method that needs more (or
+    should be stopped sooner) overrides it; the config's ``methods.<run>.timeout_s`` wins.
 
 Instance attributes set by a method
 -----------------------------------
@@ -64,6 +80,8 @@ from .errors import ConfigError
 from .volume import Volume
 
 USES = frozenset({"magnitude", "chi_init", "gpu", "training"})
+#: Values of ``Method.symmetry`` besides None (see the module docstring).
+SYMMETRIES = ("linear", "odd")
 
 
 class Method:
@@ -79,6 +97,12 @@ class Method:
     parameter_types: ClassVar[dict[str, type]] = {}
     #: How the defaults were tuned on data (None: from the paper); see the module docstring.
     tuned_on: ClassVar[dict[str, Any] | None] = None
+    #: What the method guarantees under f -> a f ("linear", "odd" or None); see the module docstring.
+    symmetry: ClassVar[str | None] = None
+    #: Wall-clock limit (s) of one isolated workflow run -- process start-up, ``prepare`` and
+    #: ``reconstruct`` -- by profile; ``"default"`` serves the profiles not listed.  Past it the
+    #: run is killed with status ``timeout``.  The config's ``methods.<run>.timeout_s`` overrides.
+    timeout_s: ClassVar[dict[str, float]] = {"quick": 1800.0, "default": 6 * 3600.0}
 
     def __init__(self, *, profile: str | None = None, seed: int = 0, device: str = "cpu",
                  **params: Any):
@@ -118,6 +142,12 @@ class Method:
                     cls.parameter_types.get(key, type(None))()
                 params[key] = _coerce_like(default, value, f"{cls.name}.{key}")
         return params
+
+    @classmethod
+    def timeout_for(cls, profile: str | None = None) -> float:
+        """The wall-clock limit (s) of a run with ``profile`` (see :attr:`timeout_s`)."""
+        limits = {**Method.timeout_s, **cls.timeout_s}
+        return float(limits.get(profile or "default", limits["default"]))
 
     # ------------------------------------------------------------------ the contract
     def prepare(self, train: Sequence[Volume]) -> None:
@@ -197,10 +227,16 @@ def check_class(cls: type) -> list[str]:
     unknown = set(cls.uses) - USES
     if unknown:
         problems.append(f"{cls.__name__}.uses has unknown entries {sorted(unknown)}; allowed: {sorted(USES)}")
+    if cls.symmetry is not None and cls.symmetry not in SYMMETRIES:
+        problems.append(f"{cls.__name__}.symmetry must be None or one of {list(SYMMETRIES)}, got {cls.symmetry!r}")
     if not cls.references:
         problems.append(f"{cls.__name__}.references must cite the method's paper")
     if cls.reconstruct is Method.reconstruct:
         problems.append(f"{cls.__name__} does not implement reconstruct()")
+    limits = getattr(cls, "timeout_s", None)
+    if not isinstance(limits, dict) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in limits.values()):
+        problems.append(f"{cls.__name__}.timeout_s must map profile names to positive numbers of seconds")
     for pname, prof in cls.profiles.items():
         unknown_p = set(prof) - set(cls.parameters)
         if unknown_p:

@@ -81,10 +81,11 @@ Orientation (:func:`tilt_b0`)
 -----------------------------
 B0 is rotated by ``theta_deg`` about ``axis`` (array coordinates, Rodrigues' formula,
 :func:`qsmbench.physics.tilted_b0_dir`), starting from the dataset's own ``b0_dir``.  The truth
-is unchanged; methods receive the tilted ``b0_dir``.  For the embedded phantom the whole phantom
-is regenerated with its own parameters (from ``meta.json``) and the tilted direction, so the
-field is again simulated on the 2x finer grid and cropped (no inverse crime; theta = 0 reproduces
-the dataset exactly; the regenerated chi is checked against the dataset's).  Any other dataset
+is unchanged; methods receive the tilted ``b0_dir``.  For the embedded phantom (any model, and the
+BrainWeb phantoms) the whole phantom is regenerated with its own parameters (model, seed, ...
+from ``meta.json``) and the tilted direction -- the same subject, so the field is again simulated
+on the 2x finer grid and cropped (no inverse crime; theta = 0 reproduces the dataset exactly; the
+regenerated chi is checked against the dataset's).  Any other dataset
 with a truth is re-simulated from its reference chi on the dataset grid with zero padding
 (``pad_factor`` 2, D(0) = 0): this reuses the discrete forward operator, a milder inverse crime,
 and ``meta.json`` says so.  Include ``0`` in the angles for such datasets so that the
@@ -555,8 +556,9 @@ def change_resolution(vol: Volume, voxel_size_mm: Sequence[float] | float, *,
 
 
 def is_phantom(vol: Volume) -> bool:
-    """Whether ``vol`` is the embedded phantom (it can then be regenerated from its ``meta``)."""
-    return vol.meta.get("source") == "embedded phantom"
+    """Whether ``vol`` is a phantom qsmbench simulated (embedded or BrainWeb), so that it can be
+    regenerated from its ``meta``."""
+    return vol.meta.get("source") in ("embedded phantom", "BrainWeb phantom")
 
 
 def _regenerate_phantom(vol: Volume, b0_dir: np.ndarray) -> np.ndarray:
@@ -568,7 +570,7 @@ def _regenerate_phantom(vol: Volume, b0_dir: np.ndarray) -> np.ndarray:
                          f"this qsmbench has version {phantom.PHANTOM_VERSION!r}: it cannot be regenerated "
                          "with a tilted B0; rebuild the dataset")
     try:
-        params = {k: meta[k] for k in ("seed", "calcification", "oversample", "texture_ppm", "pad_factor")}
+        params = phantom.regeneration_parameters(meta)
     except KeyError as exc:
         raise InputError(f"volume '{vol.name}': its meta.json lacks the phantom parameter {exc}") from None
     new = phantom.make_phantom(vol.shape, vol.voxel_size_mm, b0_dir=b0_dir, b0_tesla=vol.b0_tesla,

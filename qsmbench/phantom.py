@@ -1,7 +1,31 @@
-"""The embedded head phantom: an analytic, seeded, head-shaped susceptibility phantom.
+"""The embedded head phantom: seeded, head-shaped susceptibility phantoms with a ground truth.
 
-Geometry
---------
+Models (``model`` of :func:`make_phantom`)
+-----------------------------------------
+``mni`` (the default)
+    Real anatomy from the MNI ICBM152 2009 template; a seed is a subject (a smooth random
+    diffeomorphic deformation and physiological variation of size, ventricles, nuclei, vessels,
+    iron): :mod:`qsmbench.anatomy`.  Tissue chi, proton density and R2*, the T2*-weighted
+    magnitude with its own texture and coil shading, and the edge-overlap statistic published in
+    ``meta["edge_overlap"]``: :mod:`qsmbench.tissue`.  The field of view is centred on the brain
+    and the anatomy keeps its physical size at any matrix and voxel size.
+``brainweb``
+    One of the 20 BrainWeb anatomical models (:mod:`qsmbench.datasets.brainweb`) with the same
+    tissue model; the seed varies the tissue only.
+``analytic``
+    Ellipsoids in FOV-normalised coordinates (below): fast and any size; for tests.
+
+All three carry the RC2 label set (:data:`LABELS`, :data:`CHI_PPM`) and are simulated the same
+way (below, "Simulation"): on the fine grid the realistic models label the fine samples
+themselves; their target labels and mask are the fine labels at the target voxel centres (a
+structure smaller than a voxel that falls between centres gets the voxel holding most of it,
+recorded in ``meta["labels_placed_off_centre"]``), and their magnitude is the fine signal
+averaged over each voxel's footprint.  ``meta["phantom_version"]`` (:data:`PHANTOM_VERSION`)
+changes whenever the output of any model changes; the workflow re-simulates on a change and
+:func:`qsmbench.results.collect` refuses results of two versions for one dataset.
+
+Analytic geometry
+-----------------
 Every structure is an analytic shape (ellipsoid, box, tube segment, folded sphere) defined in
 coordinates *normalised to the field of view*: ``u = -1 .. +1`` spans the FOV
 (``shape * voxel_size_mm``) along each array axis, so the phantom rasterises at any matrix and
@@ -23,13 +47,13 @@ fine sample coincides with a target voxel centre -- the sample layout that
 of ``chi * brain`` only (chi outside the brain is background field and not simulated), computed
 on the fine grid with zero padding and ``D(0) = 0``; chi and field are then brought to the
 target grid by k-space cropping (Nyquist planes of even axes dropped, see :func:`qsmbench.physics.kspace_resample`)
-and multiplied by the target mask.  The target mask and labels
+and multiplied by the target mask.  The analytic model's target mask and labels
 are rasterised directly at the target voxel centres (exact analytic shapes, no resampling
 threshold to choose).  ``oversample=1`` skips the fine grid: the field is then the exact
 discrete forward model of the truth (the "inverse crime") -- for tests only.
 
-Texture
--------
+Texture (analytic model; the realistic models: :mod:`qsmbench.tissue`)
+----------------------------------------------------------------------
 Smooth, seeded Gaussian-correlated noise (correlation length ``_TEXTURE_SIGMA_VOXELS`` target
 voxels) is added inside each tissue with standard deviation ``texture_ppm``; every tissue mixes
 three independent noise fields with its own random weights, so texture is not shared across a
@@ -116,7 +140,9 @@ MAGNITUDE: dict[int, float] = {
     10: 1.0, 11: 0.3, 12: 0.9, 13: 0.05, 14: 0.0, 15: 0.45, 16: 0.1,
 }
 
-PHANTOM_VERSION = "1"
+#: Version of the phantoms' output; bump it whenever any model's output changes (2: the mni and
+#: brainweb models, the edge-overlap record; the analytic model's arrays are unchanged).
+PHANTOM_VERSION = "2"
 
 #: Gaussian correlation length (sigma) of the chi and magnitude textures, in target voxels.
 _TEXTURE_SIGMA_VOXELS = 1.5
@@ -426,6 +452,14 @@ def _box_downsample(x: np.ndarray, oversample: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- public API
+#: Phantom models (``model`` of :func:`make_phantom`).
+MODELS = ("mni", "analytic", "brainweb")
+#: The default model (configs, the CLI and :func:`make_phantom`).
+DEFAULT_MODEL = "mni"
+#: Parameters that regenerate a phantom from its ``meta.json`` (with its shape, voxel size, B0).
+REGENERATION_KEYS = ("model", "seed", "calcification", "oversample", "texture_ppm", "pad_factor")
+
+
 def _check_inputs(shape, voxel_size_mm, oversample, texture_ppm) -> tuple[tuple[int, int, int],
                                                                           tuple[float, float, float]]:
     try:
@@ -446,11 +480,11 @@ def _check_inputs(shape, voxel_size_mm, oversample, texture_ppm) -> tuple[tuple[
     return tuple(int(n) for n in dims), vs  # type: ignore[return-value]
 
 
-def make_phantom(shape: Sequence[int] = (64, 64, 64),
-                 voxel_size_mm: Sequence[float] = (1.0, 1.0, 1.0), *, seed: int = 0,
-                 b0_dir: Sequence[float] = (0.0, 0.0, 1.0), b0_tesla: float = 3.0,
+def make_phantom(shape: Sequence[int] = (80, 96, 80),
+                 voxel_size_mm: Sequence[float] = (2.0, 2.0, 2.0), *, model: str = DEFAULT_MODEL,
+                 seed: int = 0, b0_dir: Sequence[float] = (0.0, 0.0, 1.0), b0_tesla: float = 3.0,
                  te_s: float = 0.025, calcification: bool = False, oversample: int = 2,
-                 texture_ppm: float = 0.01, pad_factor: float = 2.0,
+                 texture_ppm: float = 0.01, pad_factor: float = 2.0, subject: int | None = None,
                  name: str = "phantom") -> Volume:
     """Simulate the embedded head phantom on a ``shape`` grid.
 
@@ -458,30 +492,86 @@ def make_phantom(shape: Sequence[int] = (64, 64, 64),
     ----------
     shape : three ints >= 8, the target matrix (any parity).
     voxel_size_mm : target voxel size along the array axes, mm (anisotropic allowed).
-    seed : seeds the texture and the geometry jitter (cortical folding, cortical veins).
+    model : ``"mni"`` (default: real anatomy from the MNI ICBM152 template, a seed is a subject;
+        :mod:`qsmbench.anatomy`, :mod:`qsmbench.tissue`), ``"analytic"`` (ellipsoids in
+        FOV-normalised coordinates, any size, fast; for tests) or ``"brainweb"`` (one of the 20
+        BrainWeb anatomical models, downloaded on first use; :mod:`qsmbench.datasets.brainweb`).
+    seed : the subject (mni: anatomy, vessels, iron, texture; analytic: texture and the geometry
+        jitter; brainweb: vessels' chi, iron, texture).  Benchmarks use test seeds
+        (:mod:`qsmbench.seeds`).
     b0_dir : B0 direction in array coordinates.
-    b0_tesla, te_s : acquisition recorded in the volume (the field is in ppm regardless).
-    calcification : add a small calcification (label 16, -1 ppm) in the left putamen region.
+    b0_tesla, te_s : acquisition; the field is in ppm regardless; the realistic magnitude uses
+        them (R2* scales with B0, the signal decays over TE).
+    calcification : add a small calcification (label 16, about -1 ppm).
     oversample : fine-grid factor per axis for the forward simulation; 1 commits the inverse
         crime (tests only).
     texture_ppm : standard deviation of the smooth chi texture inside tissues, ppm.
     pad_factor : zero padding of the fine-grid forward simulation (see
         :func:`qsmbench.physics.forward_field`).
+    subject : the BrainWeb subject number (``model="brainweb"`` only; e.g. 4, 5, ..., 54).
     name : the volume's name.
 
     Returns
     -------
     Volume
-        ``field_ppm`` (local field, ppm, float32, zero outside the mask), ``mask`` (brain
-        ellipsoid), ``magnitude``, ``references={"chi": chi_ppm}`` (float32, zero outside the
-        mask), ``labels`` (RC2 numbering, int16) and provenance in ``meta``.
+        ``field_ppm`` (local field, ppm, float32, zero outside the mask), ``mask`` (brain),
+        ``magnitude``, ``references={"chi": chi_ppm}`` (float32, zero outside the mask), ``labels``
+        (RC2 numbering, int16) and provenance in ``meta`` (``model``, ``phantom_version``, and for
+        the realistic models the subject's drawn parameters and ``edge_overlap``).
 
     Memory: the fine grid needs about 5 GB at 160^3 with ``oversample=2`` (most of it in the
-    padded forward FFT).
+    padded forward FFT); the default 80x96x80 grid about 1 GB.
     """
     shape, vs = _check_inputs(shape, voxel_size_mm, oversample, texture_ppm)
+    if model not in MODELS:
+        raise ValueError(f"unknown phantom model {model!r}; known: {', '.join(MODELS)}")
+    if subject is not None and model != "brainweb":
+        raise ValueError(f"'subject' selects a BrainWeb model (model='brainweb'), not model={model!r}")
     b0 = physics.unit_vector(b0_dir)
     oversample = int(oversample)
+    common = dict(seed=int(seed), b0=b0, b0_tesla=float(b0_tesla), te_s=float(te_s), calcification=bool(calcification),
+                  oversample=oversample, texture_ppm=float(texture_ppm), pad_factor=float(pad_factor), name=name)
+    if model == "analytic":
+        return _make_analytic(shape, vs, **common)
+    if model == "brainweb":
+        from .datasets.brainweb import brainweb_template  # noqa: PLC0415 - downloads on first use
+
+        if subject is None:
+            raise ValueError("model='brainweb' needs the BrainWeb subject number ('subject', e.g. 4)")
+        template, info = brainweb_template(subject)
+        extra = {"source": "BrainWeb phantom", "brainweb_subject": int(subject), "brainweb": info}
+        return make_realistic(template, shape, vs, model="brainweb", deform=False, extra_meta=extra, **common)
+    from .anatomy import load_mni_template  # noqa: PLC0415
+
+    return make_realistic(load_mni_template(), shape, vs, model="mni", deform=True, **common)
+
+
+def _affine(shape, vs) -> np.ndarray:
+    affine = np.diag([*vs, 1.0])
+    affine[:3, 3] = [-(n - 1) / 2.0 * v for n, v in zip(shape, vs, strict=True)]
+    return affine
+
+
+def _base_meta(model: str, common: dict) -> dict:
+    return {
+        "source": "embedded phantom",
+        "model": model,
+        "seed": common["seed"],
+        "oversample": common["oversample"],
+        "calcification": common["calcification"],
+        "texture_ppm": common["texture_ppm"],
+        "pad_factor": common["pad_factor"],
+        "chi_ppm": {str(k): v for k, v in CHI_PPM.items()},
+        "label_names": {str(k): v for k, v in LABELS.items()},
+        "phantom_version": PHANTOM_VERSION,
+    }
+
+
+def _make_analytic(shape, vs, *, seed, b0, b0_tesla, te_s, calcification, oversample, texture_ppm, pad_factor,
+                   name) -> Volume:
+    """The analytic (ellipsoid) phantom; see the module docstring."""
+    common = dict(seed=seed, oversample=oversample, calcification=calcification, texture_ppm=texture_ppm,
+                  pad_factor=pad_factor)
     geom_rng, chi_rng, mag_rng = np.random.default_rng(seed).spawn(3)
     structures = _structures(geom_rng, calcification)
 
@@ -508,34 +598,125 @@ def make_phantom(shape: Sequence[int] = (64, 64, 64),
     magnitude *= 1.0 + _MAGNITUDE_TEXTURE * _smooth_noise(mag_rng, shape, 1, _TEXTURE_SIGMA_VOXELS)
     np.clip(magnitude, 0.0, None, out=magnitude)
 
-    fine_vs = tuple(v / oversample for v in vs)
-    field_fine = physics.forward_field(chi_fine, fine_vs, b0, d0=0.0, pad_factor=pad_factor, workers=-1)
-    if oversample == 1:
-        chi, field = chi_fine, field_fine
-    else:
-        field = physics.kspace_resample(field_fine, shape, drop_nyquist=True)
-        del field_fine
-        chi = physics.kspace_resample(chi_fine, shape, drop_nyquist=True)
+    chi, field = _simulate_field(chi_fine, shape, vs, b0, oversample, pad_factor)
     del chi_fine
     chi = (chi * mask).astype(np.float32)
     field = (field * mask).astype(np.float32)
+    meta = _base_meta("analytic", common)
+    from .tissue import edge_overlap  # noqa: PLC0415
 
-    affine = np.diag([*vs, 1.0])
-    affine[:3, 3] = [-(n - 1) / 2.0 * v for n, v in zip(shape, vs, strict=True)]
-    meta = {
-        "source": "embedded phantom",
-        "seed": seed,
-        "oversample": oversample,
-        "calcification": bool(calcification),
-        "texture_ppm": float(texture_ppm),
-        "pad_factor": float(pad_factor),
-        "chi_ppm": {str(k): v for k, v in CHI_PPM.items()},
-        "label_names": {str(k): v for k, v in LABELS.items()},
-        "phantom_version": PHANTOM_VERSION,
-    }
+    meta["edge_overlap"] = edge_overlap(chi, magnitude, mask, vs)
     return Volume(field_ppm=field, mask=mask, voxel_size_mm=vs, b0_dir=tuple(b0), b0_tesla=b0_tesla,
-                  te_s=te_s, affine=affine, magnitude=magnitude, references={"chi": chi},
+                  te_s=te_s, affine=_affine(shape, vs), magnitude=magnitude, references={"chi": chi},
                   labels=labels.astype(np.int16), name=name, meta=meta)
+
+
+def _simulate_field(chi_fine: np.ndarray, shape, vs, b0, oversample: int, pad_factor: float):
+    """chi and its local field on the target grid: the field of ``chi_fine`` simulated on the fine
+    grid (zero padding, D(0) = 0), both brought to ``shape`` by k-space cropping."""
+    fine_vs = tuple(v / oversample for v in vs)
+    field_fine = physics.forward_field(chi_fine, fine_vs, b0, d0=0.0, pad_factor=pad_factor, workers=-1)
+    if oversample == 1:
+        return chi_fine, field_fine
+    field = physics.kspace_resample(field_fine, shape, drop_nyquist=True)
+    del field_fine
+    chi = physics.kspace_resample(chi_fine, shape, drop_nyquist=True)
+    return chi, field
+
+
+def _ensure_labels(labels: np.ndarray, fine_labels: np.ndarray, oversample: int, wanted) -> list[int]:
+    """Give every label of ``wanted`` present on the fine grid at least one target voxel.
+
+    Target labels are the fine labels at the target voxel centres; a structure smaller than a
+    target voxel can fall between centres.  Its label then goes to the brain voxel whose
+    footprint holds most of it.  Returns the labels so placed.
+    """
+    placed = []
+    brain = np.isin(labels, np.fromiter(BRAIN_LABELS, dtype=np.int8))
+    present = set(np.unique(labels).tolist())
+    for k in sorted(set(wanted) - present):
+        sel = fine_labels == k
+        if not sel.any():
+            continue
+        o = oversample
+        if o > 1:
+            sel = np.roll(sel, (o // 2, o // 2, o // 2), axis=(0, 1, 2))
+            n = labels.shape
+            counts = sel.reshape(n[0], o, n[1], o, n[2], o).sum(axis=(1, 3, 5))
+        else:
+            counts = sel.astype(np.int32)
+        counts[~brain] = 0
+        if counts.max() == 0:
+            continue
+        labels[np.unravel_index(int(np.argmax(counts)), labels.shape)] = k
+        placed.append(int(k))
+    return placed
+
+
+def make_realistic(template, shape, vs, *, model: str, deform: bool, seed: int, b0, b0_tesla: float, te_s: float,
+                   calcification: bool, oversample: int, texture_ppm: float, pad_factor: float, name: str,
+                   extra_meta: dict | None = None) -> Volume:
+    """A realistic phantom from an anatomy template (:class:`qsmbench.anatomy.Template`): the
+    subject of ``seed`` labelled on the fine grid, chi and magnitude from :mod:`qsmbench.tissue`,
+    the field simulated on the fine grid and k-space cropped (see the module docstring)."""
+    from . import anatomy, tissue  # noqa: PLC0415
+
+    common = dict(seed=seed, oversample=oversample, calcification=calcification, texture_ppm=texture_ppm,
+                  pad_factor=pad_factor)
+    anat_rng, chi_rng, mag_rng = np.random.default_rng(seed).spawn(3)
+    subject = anatomy.draw_subject(anat_rng, seed, deform=deform)
+    params = tissue.draw_tissue(chi_rng, len(anatomy.NUCLEI))
+    anat = anatomy.build_anatomy(template, subject, shape, vs, oversample, calcification=calcification)
+    fine_labels = anat.labels
+    iron = tissue.iron_relative(fine_labels, anat.nucleus_index, anat.mni, params)
+    anat.mni = []
+    chi_fine = tissue.chi_fine(fine_labels, iron, params, chi_table=CHI_PPM, brain_labels=BRAIN_LABELS,
+                               texture_ppm=texture_ppm, rng=chi_rng, shape=shape, voxel_size_mm=vs,
+                               oversample=oversample)
+    signal = tissue.signal_fine(fine_labels, iron, params, b0_tesla=b0_tesla, te_s=te_s, rng=mag_rng, shape=shape,
+                                voxel_size_mm=vs, oversample=oversample)
+    del iron
+    magnitude = _box_downsample(signal, oversample)
+    del signal
+    magnitude *= tissue.coil_shading(shape, vs, params.coil_rotation_deg)
+    magnitude *= 1.0 + np.float32(tissue.MAGNITUDE_TEXTURE) * tissue.smooth_noise(mag_rng, shape, vs, 1,
+                                                                                  tissue.TEXTURE_SIGMA_MM)
+    np.clip(magnitude, 0.0, None, out=magnitude)
+
+    labels = np.ascontiguousarray(fine_labels[::oversample, ::oversample, ::oversample])
+    placed = _ensure_labels(labels, fine_labels, oversample, BRAIN_LABELS)
+    del fine_labels, anat.labels, anat.nucleus_index
+    mask = np.isin(labels, np.fromiter(BRAIN_LABELS, dtype=np.int8))
+    chi, field = _simulate_field(chi_fine, shape, vs, b0, oversample, pad_factor)
+    del chi_fine
+    chi = (chi * mask).astype(np.float32)
+    field = (field * mask).astype(np.float32)
+    peak = float(np.quantile(magnitude[mask], 0.99)) if mask.any() else 1.0
+    magnitude = (magnitude / np.float32(peak if peak > 0 else 1.0)).astype(np.float32)
+
+    meta = _base_meta(model, common)
+    meta.update({
+        "template": {"name": template.name, "citation": template.citation},
+        "anatomy": subject.summary(),
+        "tissue": params.summary(),
+        "vessels": anat.vessel_paths,
+        "fov": "centred on the template brain's bounding-box centre (qsmbench.anatomy, 'FOV')",
+        "labels_placed_off_centre": placed,
+        "edge_overlap": tissue.edge_overlap(chi, magnitude, mask, vs),
+    })
+    meta.update(extra_meta or {})
+    return Volume(field_ppm=field, mask=mask, voxel_size_mm=vs, b0_dir=tuple(b0), b0_tesla=b0_tesla,
+                  te_s=te_s, affine=_affine(shape, vs), magnitude=magnitude, references={"chi": chi},
+                  labels=labels.astype(np.int16), name=name, meta=meta)
+
+
+def regeneration_parameters(meta: dict) -> dict:
+    """Keyword arguments of :func:`make_phantom` (besides the geometry and acquisition) that
+    regenerate a phantom from its ``meta.json``; :class:`KeyError` names a missing one."""
+    params = {k: meta[k] for k in REGENERATION_KEYS}
+    if meta.get("model") == "brainweb":
+        params["subject"] = meta["brainweb_subject"]
+    return params
 
 
 def write_phantom(outdir: str | os.PathLike, **kwargs) -> Path:

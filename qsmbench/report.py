@@ -67,6 +67,7 @@ FIGURE_KINDS = ("ranking", "robustness", "montage", "cost")
 DEFAULT_CAPTIONS = {
     "overview": "What this report covers: datasets, perturbations, methods and references.",
     "run_status": "Successful runs out of all runs, per method and dataset.",
+    "not_run": "Configured datasets that were skipped at start-up because their data could not be had, and why.",
     "run_status_detail": "Status of every run per perturbation (rows) and method (columns).",
     "headline": "The best method per headline metric on the unperturbed data.",
     "statistics": "How the statistics are computed.",
@@ -279,7 +280,7 @@ def render_report(table: pd.DataFrame | str | os.PathLike, out_html: str | os.Pa
                   data_dirs: Mapping[str, str | os.PathLike] | None = None,
                   title: str | None = None, labels: Mapping[str, str] | None = None,
                   confidence: float = stats.CONFIDENCE, alpha: float = stats.ALPHA,
-                  correction: str = "holm") -> Path:
+                  correction: str = "holm", not_run: Mapping[str, str] | None = None) -> Path:
     """Write the report as one self-contained HTML file (atomically); return its path.
 
     Parameters
@@ -306,12 +307,15 @@ def render_report(table: pd.DataFrame | str | os.PathLike, out_html: str | os.Pa
     labels : display names of run ids (default :data:`qsmbench.figures.KNOWN_METHODS`, else the id).
     confidence, alpha, correction : the t-interval's confidence level, the significance level
         and the multiple-comparison correction of the paired tests (:mod:`qsmbench.stats`).
+    not_run : {dataset: why} of configured datasets that did not run (e.g. gated data absent):
+        listed under "Not run" in the overview.
     """
     source = "the results table"
     if not isinstance(table, pd.DataFrame):
         source = f"the results table {Path(table).name}"
         table = results.read_table(table)
     df = results.as_table(table)  # the schema's columns and dtypes, whatever the source
+    results.check_phantom_versions(df)  # one dataset, one phantom: never mix simulations in a report
     report_dir = Path(report_dir) if report_dir is not None else REPORT_DIR
     if not (report_dir / "templates" / TEMPLATE).is_file():
         raise InputError(f"report template not found: {report_dir / 'templates' / TEMPLATE}")
@@ -336,7 +340,7 @@ def render_report(table: pd.DataFrame | str | os.PathLike, out_html: str | os.Pa
         "css": Markup((report_dir / STYLE).read_text(encoding="utf-8")) if (report_dir / STYLE).is_file()
         else "",
         "sections": SECTIONS,
-        "overview": _overview(b, headline),
+        "overview": _overview(b, headline, not_run or {}),
         "datasets": _results(b, headline),
         "robustness": _robustness(b, robustness_metrics),
         "montages": montage_figures,
@@ -351,7 +355,7 @@ def render_report(table: pd.DataFrame | str | os.PathLike, out_html: str | os.Pa
                              autoescape=True, undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True)
     text = env.get_template(TEMPLATE).render(**context)
-    out = results.atomic_write(out_html, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    out = io.atomic_write(out_html, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     out.chmod(0o644)  # a web page: readable by whoever serves it (mkstemp makes 0600)
     return out
 
@@ -390,7 +394,7 @@ def montages_from_runs(run_json_paths: Sequence[str | os.PathLike],
 
 
 # --------------------------------------------------------------------------- overview
-def _overview(b: _Builder, headline: Sequence[str]) -> dict[str, Any]:
+def _overview(b: _Builder, headline: Sequence[str], not_run: Mapping[str, str] | None = None) -> dict[str, Any]:
     df, run_table = b.df, b.run_table
     n_ok = int((run_table["run_status"] == "ok").sum())
     refs = sorted({r for r in df["reference"] if r})
@@ -401,6 +405,7 @@ def _overview(b: _Builder, headline: Sequence[str]) -> dict[str, Any]:
     methods = sorted(set(df["method"]))
     facts = [
         ("datasets", ", ".join(sorted(set(df["dataset"]))) or "none"),
+        *([("not run", ", ".join(sorted(not_run)) + " (see Not run below)")] if not_run else []),
         ("references", ", ".join(refs) or "none"),
         ("perturbations", f"{n_ids} id{'s' if n_ids != 1 else ''} (none" + (f"; {axes_text})" if axes_text else ")")),
         ("methods", ", ".join(figures.style_of(b.styles, m).label for m in methods) or "none"),
@@ -427,7 +432,7 @@ def _overview(b: _Builder, headline: Sequence[str]) -> dict[str, Any]:
     status = b.table("run_status", ["method", *datasets], rows,
                      f"qsmbench.report from {b.source}: run_status of every (dataset, perturbation, method, seed)",
                      title="Run status", collapsed=False, anchor="run-status")
-    details = []
+    details = [_not_run(b, not_run)] if not_run else []
     for d in datasets:
         sel = run_table[run_table["dataset"] == d]
         ms = sorted(set(sel["method"]))
@@ -506,7 +511,7 @@ def _results(b: _Builder, headline: Sequence[str]) -> list[dict[str, Any]]:
         out.append({"dataset": dataset, "anchor": _anchor("dataset", dataset), "blocks": blocks,
                     "note": "" if refs else (
                         "Nothing was scored on this dataset: "
-                        + ("every run failed." if (runs_here["run_status"] == "failed").all()
+                        + ("every run failed." if (runs_here["run_status"] != "ok").all()
                            else "it has no reference χ."))})
     return out
 
@@ -526,7 +531,7 @@ def _metric_table(b: _Builder, dataset: str, reference: str, s: pd.DataFrame) ->
     cells, means = {}, {}
     for method in methods:
         mruns = runs_here[runs_here["method"] == method]
-        n_failed = int((mruns["run_status"] == "failed").sum())
+        n_failed = int((mruns["run_status"] != "ok").sum())
         errors = "; ".join(sorted({e for e in mruns["error"] if e}))
         for metric in metric_names:
             r = by.get((method, metric))
@@ -797,21 +802,87 @@ def _parameters(b: _Builder) -> dict[str, Any]:
             text = ", ".join(f"{k}={json.dumps(v)}" for k, v in value.items()) if isinstance(value, dict) \
                 else str(value)
             n = int((g["parameters"] == params).sum())
+            same = g[g["parameters"] == params]
             rows.append([b.method_cell(m), _cell(m, cls="key"),
                          _cell(", ".join(sorted({x for x in g["method_name"] if x})) or "—"),
-                         _cell(", ".join(sorted({x for x in g["profile"] if x})) or "—"),
+                         _profile_cell(g),
                          _cell(text or "(defaults: none)", cls="params"),
+                         _provenance_cell(same["trained_on"]), _provenance_cell(same["tuned_on"]),
                          _cell(f"{n}" + (f" of {len(g)}" if len(sets) > 1 else ""), cls="num")])
-    return b.table("parameters", ["method", "run id", "method class", "profile", "parameters", "runs"], rows,
-                   f"qsmbench.report from {b.source}: the parameters column (from each run.json)", collapsed=False)
+    return b.table("parameters", ["method", "run id", "method class", "profile", "parameters", "trained on",
+                                  "tuned on", "runs"], rows,
+                   f"qsmbench.report from {b.source}: the parameters, trained_on and tuned_on columns (from each "
+                   "run.json)", collapsed=False)
+
+
+def provenance_text(value: Any) -> str:
+    """A short description of a run.json ``trained_on`` / ``tuned_on`` record ('—' when absent).
+
+    E.g. ``regularisation weights; phantom mni v2; 8 seeds 2000017–2999431`` (seeds from the
+    reserved ranges of :mod:`qsmbench.seeds`, whose role is named when they have one).
+    """
+    if value in (None, "", {}, []):
+        return "—"
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    if not isinstance(value, Mapping):
+        return json.dumps(value, sort_keys=True, default=str)
+    from . import seeds as seeds_mod  # noqa: PLC0415
+
+    parts, rest = [], dict(value)
+    if "what" in rest:
+        parts.append(str(rest.pop("what")))
+    model, version = rest.pop("phantom_model", None), rest.pop("phantom_version", None)
+    if model or version:
+        parts.append("phantom " + " ".join(x for x in (str(model) if model else "", f"v{version}" if version else "")
+                                           if x))
+    seed_list = rest.pop("seeds", None)
+    if isinstance(seed_list, list) and seed_list and all(isinstance(x, int) for x in seed_list):
+        roles = sorted({seeds_mod.role_of(x) or "unassigned" for x in seed_list})
+        span = f"{min(seed_list)}" if len(seed_list) == 1 else f"{min(seed_list)}–{max(seed_list)}"
+        parts.append(f"{len(seed_list)} seed{'s' if len(seed_list) > 1 else ''} {span} ({', '.join(roles)} range)")
+    elif seed_list:
+        parts.append(f"seeds {seed_list}")
+    vols = rest.pop("volumes", None)
+    if vols:
+        parts.append(f"{len(vols)} volume{'s' if len(vols) > 1 else ''}" if isinstance(vols, list) else str(vols))
+    parts += [f"{k}={json.dumps(v, default=str)}" for k, v in sorted(rest.items())]
+    return "; ".join(parts) or "—"
+
+
+def _provenance_cell(values) -> dict[str, str]:
+    texts = sorted({str(v) for v in values})
+    shown = sorted({provenance_text(v) for v in texts})
+    cls = "na" if shown == ["—"] else "params"
+    return _cell(" | ".join(shown), title="; ".join(t for t in texts if t), cls=cls)
+
+
+def _profile_cell(g: pd.DataFrame) -> dict[str, str]:
+    """The profile(s) a method ran with and why (run.json's profile_reason, e.g. auto → quick)."""
+    pairs = sorted({(p, r) for p, r in zip(g["profile"], g["profile_reason"], strict=True) if p or r})
+    text = "; ".join(f"{p or '—'} ({r})" if r and r != "requested" else (p or "—") for p, r in pairs)
+    return _cell(text or "—", title="; ".join(r for _, r in pairs if r))
+
+
+def _not_run(b: _Builder, not_run: Mapping[str, str]) -> dict[str, Any]:
+    rows = [[_cell(d, cls="key"), _cell(why, cls="error")] for d, why in sorted(not_run.items())]
+    return b.table("not_run", ["dataset", "why"], rows,
+                   "the workflow's start-up check (qsmbench.datasets.availability): datasets skipped before any job",
+                   title="Not run", collapsed=False, anchor="not-run")
 
 
 def _failures(b: _Builder) -> dict[str, Any]:
-    failed = b.run_table[b.run_table["run_status"] == "failed"]
+    failed = b.run_table[b.run_table["run_status"] != "ok"]
     rows = [[b.method_cell(r.method), _cell(r.dataset), _cell(r.perturbation), _cell(r.seed),
-             _cell(r.error or "no error recorded", cls="error")] for r in failed.itertuples(index=False)]
-    return b.table("failed_runs", ["method", "dataset", "perturbation", "seed", "error"], rows,
-                   f"qsmbench.report from {b.source}: runs with run_status = failed (error from run.json)",
+             _cell(r.run_status, cls="failed"), _cell(r.error or "no error recorded", cls="error"),
+             _cell(r.log_tail or "—", cls="log")] for r in failed.itertuples(index=False)]
+    return b.table("failed_runs", ["method", "dataset", "perturbation", "seed", "status", "error",
+                                   "last lines of the method's output"], rows,
+                   f"qsmbench.report from {b.source}: runs with run_status failed, timeout or oom (error and "
+                   "log tail from run.json; the whole output is in the job's log under logs/recon/)",
                    collapsed=len(rows) > 40, summary=f"{len(rows)} failed runs")
 
 

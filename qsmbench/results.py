@@ -22,7 +22,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -31,9 +30,10 @@ import pandas as pd
 
 from . import io, metrics
 from .errors import InputError
+from .io import atomic_write  # the one atomic writer; re-exported for callers of results
 
-#: Status of a run, as written by the runner in ``run.json``.
-RUN_STATUSES = ("ok", "failed")
+#: Status of a run, as written by the runner in ``run.json`` (:data:`qsmbench.runner.STATUSES`).
+RUN_STATUSES = ("ok", "failed", "timeout", "oom")
 
 #: Status of a row of the table.
 ROW_STATUSES = ("ok", "not_applicable", "run_failed")
@@ -55,8 +55,11 @@ COLUMNS: dict[str, str] = {
     "reason": "why there is no value: the metric's reason or the run's error; '' when status is 'ok'",
     "better": "'lower' or 'higher': which direction of the value is better",
     "unit": "unit of value ('%', 'dB', 'ppm', '' for unitless)",
-    "run_status": "status of the reconstruction run: 'ok' or 'failed'",
+    "run_status": "status of the reconstruction run: 'ok', 'failed' (the method raised, returned a bad array "
+                  "or crashed), 'timeout' (killed past its wall-clock limit) or 'oom' (out of memory)",
     "error": "the run's error as 'ExcType: message'; '' when the run succeeded",
+    "log_tail": "the last lines of the method's output when the run did not succeed (run.json's log_tail); '' "
+                "otherwise",
     "wall_s": "wall-clock time of the timed reconstruction, s",
     "cpu_s": "CPU time of the timed reconstruction (all threads), s",
     "prepare_s": "wall-clock time of the untimed preparation (training, caching), s",
@@ -64,6 +67,8 @@ COLUMNS: dict[str, str] = {
     "peak_gpu_mb": "peak GPU memory of the run, MB; NaN when no GPU was used",
     "method_name": "registered name of the Method class that ran (several runs may share one)",
     "profile": "parameter profile of the run (e.g. 'quick', 'paper'); '' when none",
+    "profile_reason": "why that profile ran, e.g. 'auto → quick: no CUDA device' or 'requested'; '' when "
+                      "not recorded",
     "device": "device the method ran on (e.g. 'cpu', 'cuda:0 (NVIDIA H100)')",
     "parameters": "the method's parameters as JSON (sorted keys)",
     "qsmbench_version": "qsmbench version that ran the reconstruction",
@@ -71,6 +76,14 @@ COLUMNS: dict[str, str] = {
     "data_sha256": "checksum of the input volume the method reconstructed: sha256 of the lines "
                    "'{file} {sha256 of its uncompressed content}' of the volume folder's NIfTI files in "
                    "sorted order (volume_checksums); '' when not recorded",
+    "phantom_model": "model of the simulated phantom the volume came from ('mni', 'analytic', 'brainweb'; "
+                     "its meta.json); '' for measured or downloaded data",
+    "phantom_version": "qsmbench.phantom.PHANTOM_VERSION that simulated the volume; '' for measured data. "
+                       "collect() refuses a dataset whose rows come from different phantom models or versions",
+    "trained_on": "what the method was trained on (run.json 'trained_on', as JSON: phantom model and version, "
+                  "seeds from the training range); '' for methods that do not train",
+    "tuned_on": "what the method's defaults were tuned on (run.json 'tuned_on', as JSON: what, phantom model, "
+                "seeds from the tuning range); '' when the defaults come from the paper",
 }
 
 #: Columns the workflow adds after the schema's (kept by :func:`write_table`/:func:`read_table`).
@@ -80,7 +93,8 @@ EXTRA_COLUMNS: dict[str, str] = {
 }
 
 #: Schema columns newer than some stored tables: filled with '' when a table lacks them.
-_ADDED_COLUMNS = ("data_sha256",)
+_ADDED_COLUMNS = ("data_sha256", "phantom_model", "phantom_version", "trained_on", "tuned_on", "profile_reason",
+                  "log_tail")
 
 #: The columns that identify a row, in sort order.
 KEY_COLUMNS = ("dataset", "reference", "perturbation", "method", "seed", "metric")
@@ -135,8 +149,10 @@ def evaluate_run(run_json_path: str | os.PathLike, volume_dir: str | os.PathLike
         "data_files": volume_checksums(volume_dir),
     }
     record["data_sha256"] = digest_of(record["data_files"])
-    if run["status"] == "failed":
-        record["notes"].append("the reconstruction failed, so nothing was scored")
+    record["phantom_model"] = str(vol.meta.get("model", "")) if vol.meta.get("phantom_version") else ""
+    record["phantom_version"] = str(vol.meta.get("phantom_version") or "")
+    if run["status"] != "ok":
+        record["notes"].append(f"the reconstruction did not succeed (status {run['status']}), so nothing was scored")
     elif not vol.references:
         record["notes"].append(f"the volume {volume_dir} has no reference, so nothing was scored")
     else:
@@ -164,6 +180,8 @@ def volume_checksums(volume_dir: str | os.PathLike) -> dict[str, str]:
     """
     out = {}
     for path in sorted(Path(volume_dir).glob("*.nii*")):
+        if path.name.startswith("."):  # a temporary file left by an interrupted writer
+            continue
         h = hashlib.sha256()
         opener = gzip.open if path.name.endswith(".gz") else open
         try:
@@ -203,7 +221,9 @@ def collect(metric_json_paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
     A failed run yields one row per registered metric with ``reference = ''``, status
     ``run_failed`` and the run's error as reason; a successful run on a volume without
     reference yields the same rows with status ``not_applicable``.  So every run appears in the
-    table.  Rows are sorted by :data:`KEY_COLUMNS`; a duplicated key is an :class:`InputError`.
+    table.  Rows are sorted by :data:`KEY_COLUMNS`; a duplicated key is an :class:`InputError`, and
+    so is a dataset whose rows come from different phantom models or versions
+    (:func:`check_phantom_versions`).
     """
     if isinstance(metric_json_paths, str | os.PathLike):
         metric_json_paths = [metric_json_paths]
@@ -221,6 +241,7 @@ def collect(metric_json_paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
             rows.append(row)
     df = pd.DataFrame(rows, columns=list(COLUMNS))
     df = _coerce(df)
+    check_phantom_versions(df)
     return df.sort_values(list(KEY_COLUMNS), kind="stable").reset_index(drop=True)
 
 
@@ -244,6 +265,7 @@ def _rows_of(record: Any, path: Path) -> list[dict[str, Any]]:
         "seed": seed,
         "run_status": status,
         "error": _text(run.get("error")),
+        "log_tail": _text(run.get("log_tail")) if status != "ok" else "",
         "wall_s": _number(run.get("wall_s")),
         "cpu_s": _number(run.get("cpu_s")),
         "prepare_s": _number(run.get("prepare_s")),
@@ -251,15 +273,20 @@ def _rows_of(record: Any, path: Path) -> list[dict[str, Any]]:
         "peak_gpu_mb": _number(run.get("peak_gpu_mb")),
         "method_name": _text(run.get("method")),
         "profile": _text(run.get("profile")),
+        "profile_reason": _text(run.get("profile_reason")),
         "device": _text(run.get("device")),
         "parameters": json.dumps(run.get("parameters") or {}, sort_keys=True, default=str),
         "qsmbench_version": _text(run.get("qsmbench_version")),
         "git_commit": _text(run.get("git_commit")),
         "data_sha256": _text(record.get("data_sha256")),
+        "phantom_model": _text(record.get("phantom_model")),
+        "phantom_version": _text(record.get("phantom_version")),
+        "trained_on": _provenance_text(run.get("trained_on")),
+        "tuned_on": _provenance_text(run.get("tuned_on")),
     }
     rows = []
-    if status == "failed" or not record["references"]:
-        if status == "failed":
+    if status != "ok" or not record["references"]:
+        if status != "ok":
             row_status, reason = "run_failed", _text(run.get("error")) or "the run failed (no error recorded)"
         else:
             row_status = "not_applicable"
@@ -284,6 +311,30 @@ def _rows_of(record: Any, path: Path) -> list[dict[str, Any]]:
             if rstatus not in ("ok", "not_applicable"):
                 raise InputError(f"{path}: metric status must be 'ok' or 'not_applicable', got {rstatus!r}")
     return rows
+
+
+def _provenance_text(x: Any) -> str:
+    """run.json's trained_on / tuned_on as JSON text ('' when absent)."""
+    if x in (None, "", {}, []):
+        return ""
+    return x if isinstance(x, str) else json.dumps(x, sort_keys=True, default=str)
+
+
+def check_phantom_versions(df: pd.DataFrame, origin: Mapping[tuple, Path] | None = None) -> None:
+    """Refuse a table in which one dataset's rows come from different phantom models or versions.
+
+    Such rows score methods on different subjects or simulations under one dataset id (e.g.
+    metric files left over from before a phantom update); the message names them.
+    """
+    if "phantom_version" not in df.columns or df.empty:
+        return
+    for dataset, g in df.groupby("dataset", sort=True):
+        kinds = sorted({(m, v) for m, v in zip(g["phantom_model"], g["phantom_version"], strict=True)})
+        if len(kinds) > 1:
+            what = ", ".join(f"model {m or '(none)'!r} version {v or '(none)'!r}" for m, v in kinds)
+            raise InputError(f"dataset {dataset!r} mixes results of different phantoms ({what}); re-run the workflow "
+                             "so that every result of a dataset comes from the same phantom (delete the stale "
+                             "results/metrics files of the old one)")
 
 
 def _text(x: Any) -> str:
@@ -351,32 +402,16 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
     return as_table(df, str(path))
 
 
-def atomic_write(path: str | os.PathLike, write) -> Path:
-    """Call ``write(temporary_path)`` in ``path``'s folder, then rename onto ``path``.
-
-    An interrupted job never leaves a truncated file under the final name.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def runs(df: pd.DataFrame) -> pd.DataFrame:
     """One row per run (dataset, perturbation, method, seed) with its run-level columns."""
-    cols = ["dataset", "perturbation", "method", "seed", "run_status", "error", "wall_s", "cpu_s",
-            "prepare_s", "peak_rss_mb", "peak_gpu_mb", "method_name", "profile", "device", "parameters",
-            "qsmbench_version", "git_commit", "data_sha256"]
+    cols = ["dataset", "perturbation", "method", "seed", "run_status", "error", "log_tail", "wall_s", "cpu_s",
+            "prepare_s", "peak_rss_mb", "peak_gpu_mb", "method_name", "profile", "profile_reason", "device",
+            "parameters", "qsmbench_version", "git_commit", "data_sha256", "phantom_model", "phantom_version",
+            "trained_on", "tuned_on"]
     out = df[cols].drop_duplicates(subset=["dataset", "perturbation", "method", "seed"])
     return out.sort_values(["dataset", "perturbation", "method", "seed"]).reset_index(drop=True)
 
 
 __all__ = ["COLUMNS", "EXTRA_COLUMNS", "KEY_COLUMNS", "ROW_STATUSES", "RUN_STATUSES", "as_table", "atomic_write",
-           "collect", "digest_of", "evaluate_run", "read_table", "runs", "volume_checksums", "write_table"]
+           "check_phantom_versions", "collect", "digest_of", "evaluate_run", "read_table", "runs", "volume_checksums",
+           "write_table"]

@@ -135,10 +135,15 @@ class Volume:
         return self.scoring_mask if self.scoring_mask is not None else self.mask
 
     def for_method(self) -> Volume:
-        """A copy without references, labels and scoring mask: what a method may see."""
+        """A copy without references, labels and scoring mask: what a method may see.
+
+        Of ``meta`` it keeps ``units``, ``source``, ``dataset`` and the acquisition's
+        ``echo_spacing_s`` (multi-echo data: the echo spacing, s; MEDI's radians are per echo
+        spacing, as the Cornell toolbox's field map).
+        """
         return dataclasses.replace(self, references={}, labels=None, scoring_mask=None,
                                    meta={k: v for k, v in self.meta.items()
-                                         if k in ("units", "source", "dataset")})
+                                         if k in ("units", "source", "dataset", "echo_spacing_s")})
 
     def geometry(self) -> Mapping[str, Any]:
         """The scalar acquisition description (JSON-friendly)."""

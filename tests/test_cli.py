@@ -130,7 +130,11 @@ def test_phantom_command(tmp_path):
                  "--voxel-size", "4", "4", "4", "--seed", "3"]) == 0
     meta = json.loads((tmp_path / "ph" / "meta.json").read_text())
     assert meta["seed"] == 3 and meta["units"]["field"] == "ppm"
+    assert meta["model"] == "mni" and "edge_overlap" in meta  # the realistic phantom is the default
     assert nib.load(str(tmp_path / "ph" / "field_ppm.nii.gz")).shape == (24, 24, 24)
+    assert main(["phantom", str(tmp_path / "an"), "--model", "analytic", "--shape", "16", "16", "16"]) == 0
+    assert json.loads((tmp_path / "an" / "meta.json").read_text())["model"] == "analytic"
+    assert main(["phantom", str(tmp_path / "bw"), "--model", "mni", "--subject", "4"]) == 2  # subject: BrainWeb only
 
 
 def test_console_script_reports_errors_on_stderr(tmp_path):
@@ -140,3 +144,46 @@ def test_console_script_reports_errors_on_stderr(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: reconstruction file not found")
     assert "Traceback" not in proc.stderr
+
+
+GPU_PLUGIN = '''
+from qsmbench.method import Method
+
+class GpuCapable(Method):
+    """Stands for a deep-learning method: can use a GPU, quick and paper profiles (no torch)."""
+    name = "gpu_capable"
+    parameters = {"steps": 0}
+    profiles = {"quick": {"steps": 3}, "paper": {"steps": 300}}
+    uses = {"gpu"}
+    references = ["none"]
+
+    def reconstruct(self, vol):
+        return vol.field_ppm * self.params["steps"] * vol.mask
+'''
+
+
+def test_reconstruct_without_profile_uses_auto_and_says_which(tmp_path, capsys):
+    """As in the workflow: no --profile is auto, i.e. quick on a CPU (paper only on a CUDA GPU)."""
+    from qsmbench.cli import main
+    from qsmbench.devices import cuda_devices
+
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "gpu_capable.py").write_text(GPU_PLUGIN)
+    main(["phantom", str(tmp_path / "ph"), "--model", "analytic", "--shape", "16", "16", "16"])
+    args = ["reconstruct", "gpu_capable", "--field", str(tmp_path / "ph" / "field_ppm.nii.gz"),
+            "--mask", str(tmp_path / "ph" / "mask.nii.gz"), "--methods-dir", str(plugins),
+            "--run-json", str(tmp_path / "run.json")]
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "chi.nii.gz")]) == 0
+    err = capsys.readouterr().err
+    record = json.loads((tmp_path / "run.json").read_text())
+    if cuda_devices():
+        assert "gpu_capable: profile paper (auto → paper: runs on cuda" in err
+    else:
+        assert "gpu_capable: profile quick (auto → quick: no CUDA device); device cpu" in err
+        assert record["profile"] == "quick" and record["parameters"] == {"steps": 3}
+    assert record["profile_requested"] == "auto"
+    assert main([*args, "--out", str(tmp_path / "chi2.nii.gz"), "--profile", "paper", "--device", "cpu"]) == 0
+    assert "gpu_capable: profile paper (requested); device cpu" in capsys.readouterr().err
+    assert json.loads((tmp_path / "run.json").read_text())["parameters"] == {"steps": 300}

@@ -629,6 +629,8 @@ def test_gated_download_with_credentials_and_conversion(rc2, server, tmp_path, m
     np.testing.assert_array_equal(vol.labels, a["labels"])
     np.testing.assert_array_equal(vol.magnitude, a["magnitude"][..., 0])        # the first echo
     assert vol.b0_tesla == 7.0 and vol.te_s == 0.004 and vol.b0_dir == (0.0, 0.0, 1.0)
+    # the echo spacing (MEDI's radians are per echo spacing) reaches the methods
+    assert vol.meta["echo_spacing_s"] == 0.008 and vol.for_method().meta["echo_spacing_s"] == 0.008
     meta = json.loads((out / "meta.json").read_text())
     assert meta["metric_extras"] == {"label_scheme": "rc2", "calc_moment_gt": -1.25}
     assert meta["original_units"]["field"] == "Hz" and "Hz -> ppm" in meta["conversions"][0]
@@ -853,3 +855,55 @@ def test_default_config_stays_offline_and_paper_config_has_the_challenge_data():
     manifests = {s.get("manifest", name) for name, s in paper["datasets"].items() if s["type"] == "manifest"}
     assert manifests >= {"qsm2016", "rc2_sim1snr1", "rc2_sim1snr2", "rc2_sim2snr1", "rc2_sim2snr2"}
 
+
+
+# =========================================================================== availability (workflow start-up)
+def test_availability_of_gated_data(rc2, server, tmp_path, monkeypatch):
+    """Gated files absent and no credentials: the reason names the dataset and the command that
+    explains access, and nothing is asked of the server; placed by hand or with credentials: ok."""
+    why = ds.availability(rc2["manifest"], cache=rc2["cache"], mirror=server.url)
+    assert why.startswith("dataset 'rc2_sim2snr1' is gated (doi:10.34973/m20r-jt17")
+    assert "'qsmbench fetch rc2_sim2snr1' explains how to get access" in why
+    assert "QSMBENCH_RC2_USER/QSMBENCH_RC2_PASSWORD" in why and str(rc2["cache"].resolve() / "rc2") in why
+    assert server.requests == []
+    monkeypatch.setenv("QSMBENCH_RC2_USER", USER)
+    monkeypatch.setenv("QSMBENCH_RC2_PASSWORD", PASSWORD)
+    assert ds.availability(rc2["manifest"], cache=rc2["cache"], mirror=server.url) is None
+    assert server.gets() == 0 and [m for m, _ in server.requests] == ["HEAD"]     # asked, downloaded nothing
+    monkeypatch.setenv("QSMBENCH_RC2_PASSWORD", "wrong")
+    assert "answered HTTP 401" in ds.availability(rc2["manifest"], cache=rc2["cache"], mirror=server.url)
+    monkeypatch.delenv("QSMBENCH_RC2_USER")
+    folder = rc2["cache"] / "rc2" / "Sim2Snr1"
+    for rel, data in rc2["files"].items():            # every required file placed by hand
+        if rel != "GT/FilestructureForEval.mat":
+            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            (folder / rel).write_bytes(data)
+    n = len(server.requests)
+    assert ds.availability(rc2["manifest"], cache=rc2["cache"], mirror=server.url) is None
+    assert len(server.requests) == n
+
+
+def test_availability_of_a_public_download(qsm2016, server, tmp_path):
+    """Reachable: ok after one HEAD request (no download); cached: ok without any request;
+    unreachable (no network, or the server closed) and not cached: the reason says what to do."""
+    assert ds.availability(qsm2016["manifest"], cache=qsm2016["cache"], mirror=server.url) is None
+    assert server.gets() == 0 and len(server.requests) == 1
+    offline = ds.availability(qsm2016["manifest"], cache=qsm2016["cache"])        # the real origin: offline
+    assert offline.startswith("dataset 'qsm2016' cannot be downloaded now: http://www.neuroimaging.at/")
+    assert "is unreachable" in offline and f"the file {ARCHIVE} is not in the cache" in offline
+    assert "Run 'qsmbench fetch qsm2016' where the network is" in offline
+    server.routes.clear()
+    assert "answered HTTP 404" in ds.availability(qsm2016["manifest"], cache=qsm2016["cache"], mirror=server.url)
+    url = server.url
+    server.close()
+    assert "is unreachable" in ds.availability(qsm2016["manifest"], cache=qsm2016["cache"], mirror=url, timeout=5)
+    folder = qsm2016["cache"] / "qsm2016"
+    folder.mkdir(parents=True)
+    (folder / ARCHIVE).write_bytes(qsm2016["archive"])
+    assert ds.availability(qsm2016["manifest"], cache=qsm2016["cache"]) is None   # cached: no request at all
+
+
+def test_availability_of_local_and_simulated_data(tmp_path):
+    manifest, _ = local_manifest(tmp_path)
+    assert ds.availability(manifest) is None
+    assert ds.availability("phantom") is None

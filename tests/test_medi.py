@@ -183,10 +183,11 @@ def test_without_magnitude_equals_the_tv_mode(small_volume):
     vol = small_volume
     no_mag = dataclasses.replace(vol, magnitude=None)
     chi_plain, m_plain = _run(no_mag)
-    chi_tv, m_tv = _run(vol, edge_weighting=False)
+    chi_tv, m_tv = _run(vol, edge_weighting=False, data_weighting="uniform")   # no magnitude: W = mask too
     chi_medi, _ = _run(vol)
     np.testing.assert_array_equal(chi_plain, chi_tv)
     assert "no magnitude: plain TV (wG = 1)" in m_plain.notes
+    assert "no magnitude: uniform data weight (W = mask)" in m_plain.notes
     assert m_plain.result.edges is None
     assert any("plain TV" in n for n in m_tv.notes)
     assert not np.allclose(chi_plain, chi_medi)     # the edge mask does change the result
@@ -296,12 +297,131 @@ def test_bad_parameters_are_config_errors(small_volume):
         _run(small_volume, medi0=True)
     with pytest.raises(ConfigError, match="lam"):
         _run(small_volume, lam=-1.0)
+    with pytest.raises(ConfigError, match="data_weighting"):
+        _run(small_volume, data_weighting="noise")
+    with pytest.raises(ConfigError, match="te_source"):
+        _run(small_volume, te_source="first")
     with pytest.raises(ConfigError, match="percentage"):
         medi.edge_mask(small_volume.magnitude, small_volume.mask, (1, 1, 1), 0.0)
 
 
+# --------------------------------------------------------------------------- data weight, CG, SMV, TE
+def test_magnitude_data_weight_is_the_normalised_magnitude(small_volume):
+    """W = mask / N_std with N_std = 1/magnitude, normalised to mean 1 in the mask."""
+    vol = small_volume
+    _, m = _run(vol)
+    mag, mask = vol.magnitude.astype(np.float64), vol.mask
+    expected = np.where(mask, mag / mag[mask].mean(), 0.0)
+    np.testing.assert_allclose(m.result.weight, expected, rtol=1e-5, atol=1e-7)
+    assert m.result.weight[mask].mean() == pytest.approx(1.0, rel=1e-5)
+    _, u = _run(vol, data_weighting="uniform")
+    np.testing.assert_array_equal(u.result.weight, mask.astype(np.float32))
+    # a voxel of zero magnitude gets zero weight (the toolbox zeroes non-finite weights)
+    zero = mag.copy()
+    inside = tuple(np.argwhere(mask)[0])
+    zero[inside] = 0.0
+    w = medi.data_weight(medi.magnitude_noise_std(zero, mask), mask)
+    assert w[inside] == 0.0 and w[mask].mean() == pytest.approx(1.0, rel=1e-6)
+
+
+def test_magnitude_weighting_helps_under_magnitude_dependent_noise():
+    """qsmbench's noise makes the phase noise sigma/|S|: the toolbox's default inverse-noise-std
+    weighting must then beat the uniform one (here half the brain has a fifth of the magnitude)."""
+    from qsmbench import perturb
+    from qsmbench.phantom import make_phantom
+
+    vol = make_phantom((32, 32, 32), seed=3)
+    mag = vol.magnitude.copy()
+    mag[:16] *= 0.2
+    vol = perturb.add_noise(dataclasses.replace(vol, magnitude=mag), 20, seed=1)
+    y, mask = vol.references["chi"], vol.mask
+
+    def nrmse(x):
+        a, b = x[mask] - x[mask].mean(), y[mask] - y[mask].mean()
+        return 100 * np.linalg.norm(a - b) / np.linalg.norm(b)
+
+    weighted = nrmse(_run(vol)[0])
+    uniform = nrmse(_run(vol, data_weighting="uniform")[0])
+    assert weighted < 0.7 * uniform, (weighted, uniform)     # about 113 % vs 230 % when written
+
+
+def _cg_iterates(a, b, n):
+    """Textbook CG from zero (numpy), every iterate and its relative residual."""
+    x, r = np.zeros_like(b), b.copy()
+    d = r.copy()
+    out = []
+    for _ in range(n):
+        q = a @ d
+        alpha = (r @ r) / (d @ q)
+        x = x + alpha * d
+        r_new = r - alpha * q
+        d = r_new + (r_new @ r_new) / (r @ r) * d
+        r = r_new
+        out.append((x.copy(), np.linalg.norm(b - a @ x) / np.linalg.norm(b)))
+    return out
+
+
+def test_conjugate_gradient_returns_the_last_iterate_as_the_toolbox():
+    rng = np.random.default_rng(4)
+    q, _ = np.linalg.qr(rng.normal(size=(40, 40)))
+    a = q @ np.diag(np.logspace(0, 2, 40)) @ q.T      # CG residuals are not monotone here
+    b = rng.normal(size=40)
+    its = _cg_iterates(a, b, 12)
+    res = [r for _, r in its]
+    assert any(r1 > r0 for r0, r1 in zip(res, res[1:]))
+    last, best_res, n = medi.conjugate_gradient(lambda v: a @ v, b, tol=1e-12, max_iter=12)
+    # the starting point x = 0 (relative residual 1) is a candidate too, as in cgsolve
+    candidates = [(np.zeros_like(b), 1.0), *its]
+    k = int(np.argmin([r for _, r in candidates]))
+    assert 0 < k < len(candidates) - 1          # the best iterate is neither the start nor the last
+    assert n == 12 and best_res == pytest.approx(candidates[k][1], rel=1e-6)
+    np.testing.assert_allclose(last, its[-1][0], rtol=1e-8, atol=1e-10)
+    best, _, _ = medi.conjugate_gradient(lambda v: a @ v, b, tol=1e-12, max_iter=12, return_best=True)
+    np.testing.assert_allclose(best, candidates[k][0], rtol=1e-8, atol=1e-10)
+    assert not np.allclose(best, last)
+
+
+def test_smv_noise_map_is_masked_by_the_input_mask_then_smoothed(small_volume):
+    """As MEDI_L1: N_std masked by the *input* mask, sqrt(SMV(N^2) + N^2), W on the eroded mask."""
+    vol = small_volume
+    r = 2.0
+    _, m = _run(vol, smv=True, smv_radius_mm=r)
+    sphere = medi.smv_kernel(vol.shape, vol.voxel_size_mm, r)
+    eroded = m.result.mask_out
+    mag = vol.magnitude.astype(np.float64)
+
+    def smv(a):
+        return np.fft.irfftn(np.fft.rfftn(a) * sphere, s=vol.shape, axes=(0, 1, 2))
+
+    n = np.divide(1.0, mag, out=np.zeros_like(mag), where=vol.mask)
+    smoothed = np.sqrt(np.maximum(smv(n * n), 0) + n * n)
+    expected = np.divide(1.0, smoothed, out=np.zeros_like(smoothed), where=eroded)
+    expected /= expected[eroded].mean()
+    np.testing.assert_allclose(m.result.weight, expected, rtol=1e-4, atol=1e-6)
+    # masking by the eroded mask instead (the old reading) gives another weight near the edge
+    n2 = np.divide(1.0, mag, out=np.zeros_like(mag), where=eroded)
+    other = np.sqrt(np.maximum(smv(n2 * n2), 0) + n2 * n2)
+    other = np.divide(1.0, other, out=np.zeros_like(other), where=eroded)
+    other /= other[eroded].mean()
+    assert np.abs(other - expected).max() > 1e-3
+
+
+def test_echo_spacing_sets_the_time_of_the_radians(small_volume):
+    """Multi-echo data (RC2): the Cornell field map is phase per echo spacing, so MEDI converts
+    with the recorded spacing, not the first TE; te_source='te' keeps the TE."""
+    vol = dataclasses.replace(small_volume, te_s=0.004, meta={"echo_spacing_s": 0.008})
+    spaced, m = _run(vol)
+    as_te, _ = _run(dataclasses.replace(vol, te_s=0.008, meta={}))
+    np.testing.assert_array_equal(spaced, as_te)
+    assert "echo spacing = 8 ms" in m.notes[0]
+    first_te, m_te = _run(vol, te_source="te")
+    np.testing.assert_array_equal(first_te, _run(dataclasses.replace(vol, meta={}))[0])
+    assert "TE = 4 ms" in m_te.notes[0] and not np.allclose(first_te, spaced)
+
+
 def test_defaults_are_the_published_ones():
     p = MEDI.parameters
+    assert (p["data_weighting"], p["cg_return"], p["te_source"]) == ("magnitude", "last", "echo_spacing")
     assert (p["lam"], p["percentage"], p["eps"], p["max_iter"], p["tol_norm_ratio"], p["cg_max_iter"],
             p["cg_tol"], p["smv_radius_mm"], p["merit_sigma"], p["lam_csf"], p["d0"]) == \
         (1000.0, 0.9, 1e-6, 10, 0.1, 100, 0.01, 5.0, 6.0, 100.0, 0.0)

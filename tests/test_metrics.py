@@ -257,9 +257,9 @@ def test_dnrmse_closed_form_with_noise_in_both_fit_directions():
     assert v1["dnrmse"] == pytest.approx(100 * math.sqrt(1 - rho**2), rel=1e-10)
     assert v2["dnrmse"] == pytest.approx(100 * math.sqrt(1 / rho**2 - 1), rel=1e-10)
     assert v1["pearson"] == pytest.approx(rho, rel=1e-12)
-    # Regional: the same formula on (labels 7-9 eroded by a 3×3×3 cube) ∩ M.
+    # Regional: the same formula on erode(M ∩ labels 7-9) by a 3×3×3 cube (the official order).
     lab = rc2_labels()
-    tissue = ndimage.binary_erosion(np.isin(lab, (7, 8, 9)), structure=np.ones((3, 3, 3))) & m
+    tissue = ndimage.binary_erosion(np.isin(lab, (7, 8, 9)) & m, structure=np.ones((3, 3, 3)))
     rho_t = np.corrcoef(x[tissue], y[tissue])[0, 1]
     assert v1["dnrmse_tissue"] == pytest.approx(100 * math.sqrt(1 - rho_t**2), rel=1e-10)
 
@@ -297,6 +297,51 @@ def test_regions_are_eroded_and_dilated_by_one_voxel():
     x = y.copy()
     x[shell1 & m] += 0.5
     assert run(x, y, labels=lab)["dnrmse_blood"] > 1.0
+
+
+def _dnrmse_by_hand(x, y, box):
+    """dNRMSE (recon→truth fit) over an explicitly listed box of voxels."""
+    xt, yt = x[box].ravel(), y[box].ravel()
+    xt, yt = xt - xt.mean(), yt - yt.mean()
+    a = np.dot(xt, yt) / np.dot(xt, xt)
+    return 100 * np.linalg.norm(a * xt - yt) / np.linalg.norm(yt)
+
+
+def test_regions_follow_the_official_order_mask_first_then_morphology():
+    """RC2's usage script: R = erode/dilate(M ∩ labels), the dilated blood region not re-masked.
+
+    Hand-built 9³ case where the scoring mask M cuts the labelled tissue and the vein, so the
+    official order and the other one (erode/dilate(labels) ∩ M) select different voxels.
+    """
+    rng = np.random.default_rng(7)
+    y = rng.standard_normal((9, 9, 9))
+    x = y + 0.3 * rng.standard_normal((9, 9, 9))
+    lab = np.zeros((9, 9, 9), dtype=np.int32)
+    lab[1:8, 1:8, 1:8] = 8                       # white matter: a 7³ block
+    # Tissue: M stops at z = 5 (inclusive).  Official: erode(M ∩ WM) = [2:7, 2:7, 2:5]
+    # (the plane z = 5 is on the edge of M ∩ WM); the other order keeps z = 5: [2:7, 2:7, 2:6].
+    m = np.zeros((9, 9, 9), dtype=bool)
+    m[1:8, 1:8, 1:6] = True
+    x[:, :, 5] += 2.0 * rng.standard_normal((9, 9))   # large errors on the plane the orders disagree on
+    v = run(x, y, m, labels=lab, metrics=["dnrmse_tissue"])
+    official = (slice(2, 7), slice(2, 7), slice(2, 5))
+    other = (slice(2, 7), slice(2, 7), slice(2, 6))
+    assert v["dnrmse_tissue"] == pytest.approx(_dnrmse_by_hand(x, y, official), rel=1e-12)
+    assert abs(_dnrmse_by_hand(x, y, official) - _dnrmse_by_hand(x, y, other)) > 5.0
+    # Blood: a vein along the first axis (x = 1..7 at y = z = 4) and M = x 1..4 only.
+    # Official: dilate(M ∩ vein) = x 0..5, y 3..5, z 3..5 -- including the slabs x = 0 and
+    # x = 5 outside M; the other order gives x 1..4 only (and would include in-M voxels next to
+    # out-of-M vein, none here).
+    lab[1:8, 4, 4] = 11
+    m = np.zeros((9, 9, 9), dtype=bool)
+    m[1:5, 1:8, 1:8] = True
+    x = y + 0.3 * rng.standard_normal((9, 9, 9))
+    x[5] += 2.0 * rng.standard_normal((9, 9))          # large errors on the out-of-M shell
+    v = run(x, y, m, labels=lab, metrics=["dnrmse_blood"])
+    official = (slice(0, 6), slice(3, 6), slice(3, 6))
+    other = (slice(1, 5), slice(3, 6), slice(3, 6))
+    assert v["dnrmse_blood"] == pytest.approx(_dnrmse_by_hand(x, y, official), rel=1e-12)
+    assert abs(_dnrmse_by_hand(x, y, official) - _dnrmse_by_hand(x, y, other)) > 5.0
 
 
 def test_erode_and_dilate_match_scipy_binary_morphology():

@@ -16,13 +16,13 @@ BRAIN_TISSUES = range(1, 12)  # RC2 labels 1-11 lie inside the brain
 
 @pytest.fixture(scope="module")
 def vol():
-    return make_phantom(SHAPE, seed=0, calcification=True)
+    return make_phantom(SHAPE, model="analytic", seed=0, calcification=True)
 
 
 @pytest.fixture(scope="module")
 def flat():
     """No texture: label means then test the geometry and the values alone."""
-    return make_phantom(SHAPE, seed=0, texture_ppm=0.0)
+    return make_phantom(SHAPE, model="analytic", seed=0, texture_ppm=0.0)
 
 
 def _relative_misfit(v) -> float:
@@ -49,7 +49,7 @@ def test_volume_structure(vol):
     assert vol.labels.dtype == np.int16
     assert vol.meta["source"] == "embedded phantom" and vol.meta["seed"] == 0
     assert vol.meta["oversample"] == 2 and vol.meta["calcification"] is True
-    assert vol.meta["phantom_version"] == "1"
+    assert vol.meta["phantom_version"] == "2" and vol.meta["model"] == "analytic"
     assert vol.meta["chi_ppm"]["2"] == CHI_PPM[2]
     # mask = brain: exactly the voxels carrying a brain label
     assert np.array_equal(vol.mask, np.isin(vol.labels, list(BRAIN_LABELS)))
@@ -115,14 +115,14 @@ def test_magnitude(vol):
 
 # --------------------------------------------------------------------------- seeds
 def test_reproducible_per_seed(vol):
-    again = make_phantom(SHAPE, seed=0, calcification=True)
+    again = make_phantom(SHAPE, model="analytic", seed=0, calcification=True)
     for a, b in ((vol.field_ppm, again.field_ppm), (vol.references["chi"], again.references["chi"]),
                  (vol.magnitude, again.magnitude), (vol.labels, again.labels), (vol.mask, again.mask)):
         assert np.array_equal(a, b)
 
 
 def test_different_seeds_differ(vol):
-    other = make_phantom(SHAPE, seed=1, calcification=True)
+    other = make_phantom(SHAPE, model="analytic", seed=1, calcification=True)
     diff = np.abs(other.references["chi"] - vol.references["chi"])[vol.mask & other.mask]
     assert diff.max() > 0.01
     assert not np.array_equal(other.field_ppm, vol.field_ppm)
@@ -144,13 +144,13 @@ def test_field_consistent_with_truth_without_inverse_crime(vol):
 
 
 def test_oversample_one_commits_the_inverse_crime():
-    v = make_phantom((24, 24, 24), oversample=1)
+    v = make_phantom((24, 24, 24), model="analytic", oversample=1)
     assert _relative_misfit(v) < 1e-5
 
 
 def test_anisotropic_odd_grid():
     shape, vs = (45, 50, 39), (1.0, 0.8, 1.5)
-    v = make_phantom(shape, vs, seed=3)
+    v = make_phantom(shape, vs, model="analytic", seed=3)
     assert v.shape == shape and v.voxel_size_mm == vs
     assert np.allclose(np.diag(v.affine)[:3], vs)
     for k in (1, 3, 7, 8, 9, 10, 11):
@@ -160,7 +160,7 @@ def test_anisotropic_odd_grid():
 
 
 def test_oblique_b0_and_tiny_grid():
-    v = make_phantom((24, 24, 24), b0_dir=(0.0, 1.0, 1.0), oversample=3)
+    v = make_phantom((24, 24, 24), model="analytic", b0_dir=(0.0, 1.0, 1.0), oversample=3)
     assert np.allclose(v.b0_dir, (0.0, 2**-0.5, 2**-0.5))
     assert v.mask.any() and np.all(np.isfinite(v.field_ppm))
     # Oblique B0 roughly doubles the misfit (4 % at 48^3: the truncated field's high frequencies
@@ -183,13 +183,14 @@ def test_oblique_b0_and_tiny_grid():
 ])
 def test_invalid_inputs(kwargs):
     with pytest.raises(ValueError):
-        make_phantom(**{"shape": (16, 16, 16), **kwargs})
+        make_phantom(**{"shape": (16, 16, 16), "model": "analytic", **kwargs})
 
 
 # --------------------------------------------------------------------------- files
 def test_write_phantom_round_trip(tmp_path):
-    out = write_phantom(tmp_path / "phantom", shape=(24, 26, 24), voxel_size_mm=(1.0, 1.0, 1.2), seed=5)
-    ref = make_phantom((24, 26, 24), (1.0, 1.0, 1.2), seed=5)
+    out = write_phantom(tmp_path / "phantom", shape=(24, 26, 24), voxel_size_mm=(1.0, 1.0, 1.2), model="analytic",
+                        seed=5)
+    ref = make_phantom((24, 26, 24), (1.0, 1.0, 1.2), model="analytic", seed=5)
     got = load_volume(out)
     assert got.name == "phantom" and got.meta["seed"] == 5
     assert np.allclose(got.voxel_size_mm, ref.voxel_size_mm)

@@ -345,3 +345,47 @@ def test_data_checksums_are_of_the_uncompressed_volume_files(case):
     tb = case["table"]
     assert set(tb.loc[tb["dataset"] == "alpha", "data_sha256"]) == {results.digest_of(sums)}
     assert results.digest_of({}) == ""
+
+
+def test_method_table_says_what_each_run_was_trained_and_tuned_on(tmp_path):
+    paths, _ = build_case(tmp_path)
+    table = results.collect(paths)
+    learned = table[table["method"] == "noisy"].assign(
+        method="uqsm", trained_on='{"phantom_model": "mni", "phantom_version": "2", "seeds": [1000003, 1000017]}')
+    tuned = table[table["method"] == "exact"].assign(
+        method="inr_qsm_fast",
+        tuned_on='{"what": "regularisation weights", "phantom_model": "mni", "seeds": [2000011]}')
+    page = report.render_report(results.as_table(pd.concat([table, learned, tuned])), tmp_path / "r.html") \
+        .read_text(encoding="utf-8")
+    def texts(fragment, tag):
+        return [html.unescape(re.sub(r"<[^>]+>", "", c)).strip()
+                for c in re.findall(rf"<{tag}[^>]*>(.*?)</{tag}>", fragment, re.S)]
+
+    params = section(page, "parameters")
+    rows = {t[1]: t for t in (texts(r, "td") for r in re.findall(r"<tr>(.*?)</tr>", params, re.S)) if len(t) > 2}
+    header = texts(params, "th")
+    i, j = header.index("trained on"), header.index("tuned on")
+    assert rows["uqsm"][i] == "phantom mni v2; 2 seeds 1000003–1000017 (train range)" and rows["uqsm"][j] == "—"
+    assert rows["inr_qsm_fast"][j] == "regularisation weights; phantom mni; 1 seed 2000011 (tune range)"
+    assert rows["exact"][i] == "—" and rows["exact"][j] == "—"
+    assert report.provenance_text(None) == "—" and report.provenance_text("") == "—"
+
+
+def test_not_run_datasets_and_profile_reasons(tmp_path):
+    """Datasets skipped at start-up are listed under "Not run"; the parameter table says which
+    profile each method ran with and why (run.json's profile_reason)."""
+    paths, _ = build_case(tmp_path)
+    table = results.collect(paths)
+    table["profile"] = "quick"
+    table["profile_reason"] = "auto → quick: no CUDA device"
+    why = "dataset 'rc2_sim1snr1' is gated (...); 'qsmbench fetch rc2_sim1snr1' explains how to get access"
+    page = report.render_report(table, tmp_path / "r.html", not_run={"rc2_sim1snr1": why}).read_text()
+    not_run = cells(table_html(page, "table-not-run"))
+    assert not_run == ["rc2_sim1snr1", why]
+    assert "rc2_sim1snr1 (see Not run below)" in html.unescape(section(page, "overview"))
+    params = cells(section(page, "parameters"))
+    assert "quick (auto → quick: no CUDA device)" in params
+    # without skipped datasets there is no such table, and a plain requested profile shows alone
+    table["profile_reason"] = "requested"
+    page = report.render_report(table, tmp_path / "r2.html").read_text()
+    assert "table-not-run" not in page and "quick" in cells(section(page, "parameters"))

@@ -300,3 +300,50 @@ def test_runs_has_one_row_per_run(tmp_path):
     assert len(runs) == 7  # alpha: exact, noisy×2, broken; beta: exact, noisy, broken
     assert int((runs["run_status"] == "failed").sum()) == 2
     assert not math.isnan(runs["wall_s"].iloc[0])
+
+
+# --------------------------------------------------------------------------- phantom versions, provenance
+def _with_meta(folder: Path, **meta) -> None:
+    data = json.loads((folder / "meta.json").read_text())
+    data.update(meta)
+    (folder / "meta.json").write_text(json.dumps(data))
+
+
+def test_collect_refuses_one_dataset_from_two_phantom_versions(tmp_path):
+    """Metric files left from an older phantom must not be aggregated with the new ones."""
+    paths = []
+    for pert, version in (("none", "2"), ("noise-snr20-seed1", "1")):
+        folder = tmp_path / "data" / pert
+        vol = make_volume(folder, "ph")
+        _with_meta(folder, model="mni", phantom_version=version)
+        run = make_run(tmp_path / "recon" / pert, dataset="ph", method="exact", perturbation=pert,
+                       chi_ppm=recon_of(vol, "exact"))
+        results.evaluate_run(run, folder, tmp_path / "metrics" / f"{pert}.json")
+        paths.append(tmp_path / "metrics" / f"{pert}.json")
+    with pytest.raises(InputError, match=r"dataset 'ph' mixes results of different phantoms \(model 'mni' version "
+                                         r"'1', model 'mni' version '2'\)"):
+        results.collect(paths)
+    table = results.collect(paths[:1])
+    assert set(table["phantom_version"]) == {"2"} and set(table["phantom_model"]) == {"mni"}
+    with pytest.raises(InputError, match="mixes results"):  # a hand-made mixture is refused as well
+        results.check_phantom_versions(pd.concat([table, table.assign(phantom_model="analytic")]))
+
+
+def test_trained_and_tuned_on_are_carried_from_run_json(tmp_path):
+    vol = make_volume(tmp_path / "data", "ph")
+    run = make_run(tmp_path / "recon", dataset="ph", method="learned", chi_ppm=recon_of(vol, "exact"))
+    record = json.loads(run.read_text())
+    record["trained_on"] = {"phantom_model": "mni", "phantom_version": "2", "seeds": [1_000_003, 1_000_004]}
+    record["tuned_on"] = None
+    run.write_text(json.dumps(record))
+    results.evaluate_run(run, tmp_path / "data", tmp_path / "m.json")
+    plain = make_run(tmp_path / "recon2", dataset="ph", method="tkd", chi_ppm=recon_of(vol, "exact"))
+    results.evaluate_run(plain, tmp_path / "data", tmp_path / "m2.json")
+    table = results.runs(results.collect([tmp_path / "m.json", tmp_path / "m2.json"])).set_index("method")
+    assert json.loads(table.loc["learned", "trained_on"])["seeds"] == [1_000_003, 1_000_004]
+    assert table.loc["learned", "tuned_on"] == "" and table.loc["tkd", "trained_on"] == ""
+    # tables written before these columns existed still read
+    old = tmp_path / "old.csv"
+    results.collect([tmp_path / "m.json"]).drop(columns=["trained_on", "tuned_on", "phantom_version",
+                                                         "phantom_model"]).to_csv(old, index=False)
+    assert set(results.read_table(old)["trained_on"]) == {""}

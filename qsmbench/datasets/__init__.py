@@ -26,11 +26,12 @@ from .cache import (
 from .convert import build_volume, field_to_ppm, prepare_dataset, read_mat_variable
 from .download import DownloadError, download
 from .extract import UnsafeArchiveError, safe_extract
-from .fetch import ENV_MIRROR, FetchResult, GatedDataError, fetch, format_plan, plan_fetch
+from .fetch import ENV_MIRROR, FetchResult, GatedDataError, availability, fetch, format_plan, plan_fetch
 from .manifest import FileSpec, Manifest, ManifestError, find_manifest, list_manifests, load_manifest
 
 __all__ = [
     "ENV_DATA", "ENV_MIRROR", "LOCK_NAME", "ChecksumError", "ChecksumLock", "DownloadError", "FetchResult",
+    "availability",
     "FileSpec", "GatedDataError", "Manifest", "ManifestError", "NoOfficialChecksumWarning", "UnsafeArchiveError",
     "build_volume", "cache_root", "dataset_has_truth", "download", "fetch", "field_to_ppm", "find_manifest",
     "format_plan", "list_manifests", "load_manifest", "plan_fetch", "prepare_dataset", "read_mat_variable",

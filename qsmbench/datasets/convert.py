@@ -11,7 +11,8 @@ The grid (shape, affine, voxel size) comes from the field's NIfTI header; every 
 must share it, and arrays read from MATLAB files must have its shape.  The manifest's
 ``geometry`` is checked: a different shape is an error; a different voxel size is a warning
 and the manifest's value wins (it documents the acquisition; the affine is rescaled to match).
-``acquisition`` gives B0 (T), TE (s) and the B0 direction in array coordinates.
+``acquisition`` gives B0 (T), TE (s), the B0 direction in array coordinates and, for multi-echo data, the echo
+spacing (``echo_spacing_s``, kept in ``meta`` and shown to methods: MEDI works in radians per echo spacing).
 
 What a method may not see (references, labels, scoring mask) stays out of
 :meth:`~qsmbench.volume.Volume.for_method`; label numbering and RC2's ``CalcMoment`` go to
@@ -232,6 +233,8 @@ def build_volume(result: FetchResult, *, name: str | None = None) -> Volume:
         meta["acquisition_notes"] = acq["notes"]
     if acq.get("echo_times_s"):
         meta["echo_times_s"] = list(acq["echo_times_s"])
+    if acq.get("echo_spacing_s"):
+        meta["echo_spacing_s"] = float(acq["echo_spacing_s"])   # passed on to methods (Volume.for_method)
     magnitude = arrays.get("magnitude")
     labels = arrays.get("labels")
     scoring = arrays.get("scoring_mask")

@@ -325,6 +325,63 @@ def gated_instructions(m: Manifest, root: Path, missing: list[FileSpec], optiona
     )
 
 
+# --------------------------------------------------------------------------- availability
+def availability(manifest: str | os.PathLike | Manifest, *, cache: str | os.PathLike | None = None,
+                 mirror: str | None = None, timeout: float = 10.0) -> str | None:
+    """Why the data of ``manifest`` cannot be had now, or None when :func:`fetch` can get them.
+
+    Downloads nothing: the files already in the cache need no request; a gated dataset whose
+    required files are absent and for which no credentials are set cannot be had; otherwise one
+    HEAD request (``timeout`` seconds) tells whether the first missing file's server answers
+    (an HTTP error other than 405 "method not allowed" counts as unreachable).  The workflow
+    asks this at start-up to skip such a dataset with a warning (or, with
+    ``strict_datasets: true``, to stop).
+    """
+    m = load_manifest(manifest)
+    if m.source_type in ("simulated", "local"):
+        return None
+    root = cache_root(cache)
+    folder = root / m.cache_subdir
+    mirror = _mirror(mirror)
+    fetch_cmd = f"'qsmbench fetch {m.name}'"
+    if m.source_type == "url" and "archive" in m.source:
+        name = archive_filename(m)
+        missing = [name] if not (folder / name).is_file() else []
+    else:
+        missing = [s.path for s in _unique_paths(m.files) if not s.optional and not (folder / s.path).is_file()]
+    if not missing:
+        return None
+    auth = _credentials(m)
+    if m.source_type == "gated" and auth is None:
+        cred = m.source["credentials"]
+        doi = f"doi:{m.source['doi']}, " if m.source.get("doi") else ""
+        return (f"dataset '{m.name}' is gated ({doi}sign-in and a data-use agreement) and {len(missing)} of its "
+                f"files are not in the cache {folder}, with no {cred['username_env']}/{cred['password_env']} set; "
+                f"{fetch_cmd} explains how to get access and where to put the files")
+    url = _url_for(m, missing[0], mirror)
+    problem = _unreachable(url, auth=auth, timeout=timeout)
+    if problem is None:
+        return None
+    what = f"the file {missing[0]} is" if len(missing) == 1 else f"{len(missing)} files are"
+    return (f"dataset '{m.name}' cannot be downloaded now: {url} {problem}, and {what} not in the cache "
+            f"{folder}. Run {fetch_cmd} where the network is (or set QSMBENCH_MIRROR, or place the files there "
+            f"by hand: 'qsmbench fetch {m.name} --dry-run' lists them)")
+
+
+def _unreachable(url: str, *, auth=None, timeout: float = 10.0) -> str | None:
+    """None when ``url``'s server answers a HEAD request with success (or 405); else why not."""
+    import requests  # noqa: PLC0415
+
+    try:
+        resp = requests.head(url, allow_redirects=True, timeout=timeout, auth=auth,
+                             headers={"User-Agent": "qsmbench (pooch)"})
+    except requests.RequestException as exc:
+        return f"is unreachable ({type(exc).__name__})"
+    if resp.status_code >= 400 and resp.status_code != 405:
+        return f"answered HTTP {resp.status_code} {resp.reason or ''}".rstrip()
+    return None
+
+
 # --------------------------------------------------------------------------- dry run
 def plan_fetch(manifest: str | os.PathLike | Manifest, *, cache: str | os.PathLike | None = None,
                mirror: str | None = None, head: bool = True) -> tuple[Manifest, Path | None, list[PlanItem]]:

@@ -1,4 +1,5 @@
-# Python helpers shared by the rules: config validation and the lists of jobs.
+# Python helpers shared by the rules: config validation, start-up checks (device, datasets) and
+# the lists of jobs.
 
 import sys
 from pathlib import Path
@@ -6,27 +7,117 @@ from pathlib import Path
 # The workflow uses the qsmbench package of this checkout, installed or not.
 sys.path.insert(0, str(Path(workflow.basedir)))
 
+import json  # noqa: E402
 import re  # noqa: E402
 
-from qsmbench.config import config_hash, job_list, method_runs, perturbation_plan, validate_config  # noqa: E402
-from qsmbench.config import dataset_manifest  # noqa: E402
-from qsmbench.errors import ConfigError  # noqa: E402
+from snakemake.logging import logger  # noqa: E402
 
+from qsmbench.config import config_hash, job_list, method_runs, perturbation_plan, validate_config  # noqa: E402
+from qsmbench.config import dataset_manifest, without_datasets  # noqa: E402
+from qsmbench.errors import ConfigError  # noqa: E402
+from qsmbench.registry import method_infos  # noqa: E402
+
+SOURCE = f"configuration ({', '.join(map(str, workflow.overwrite_configfiles)) or 'config/config.yaml'})"
 try:
-    config = validate_config(config, source="configuration (config/config.yaml or --configfile)")
+    config = validate_config(config, source=SOURCE)
 except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
 
-DATASETS = list(config["datasets"])
-# results/data/{dataset} is made by simulate_phantom (type phantom) or prepare_dataset (type manifest)
-PHANTOM_DATASETS = [d for d, spec in config["datasets"].items() if spec["type"] == "phantom"]
-MANIFEST_DATASETS = [d for d, spec in config["datasets"].items() if spec["type"] == "manifest"]
-# {dataset: {perturbation id: components}}; 'none' for every dataset (qsmbench.config.perturbation_plan)
-PLAN = perturbation_plan(config)
-PERTURBATIONS = sorted({p for perts in PLAN.values() for p in perts})
+if workflow.is_main_process:
+    # A run killed outright leaves Snakemake's directory lock behind; remove it when no other
+    # instance of this workflow runs here, so that the same command simply resumes.
+    from qsmbench.jobs import release_stale_locks  # noqa: E402
+
+    if _stale := release_stale_locks():
+        print(f"qsmbench: removed the stale Snakemake lock(s) {', '.join(_stale)} left by an interrupted run "
+              "(no other instance of this workflow is running here)", file=sys.stderr)
+
 RUNS = method_runs(config)
+# Classes of the registered methods by name (None when a file failed to import).  They load
+# without torch (the deep-learning methods import it lazily), so GPU-ness and the software
+# environment of a run are known in a Snakemake without torch, e.g. under --use-conda.
+METHOD_CLASSES = {i.name: i.cls for i in method_infos(config.get("method_dirs", []))}
+
+
+def run_class(run_id):
+    return METHOD_CLASSES.get(RUNS[run_id]["method"])
+
+
+# Runs of methods that can use a GPU (their class `uses` "gpu") and runs that need the
+# deep-learning environment (they can use a GPU or require torch).
+GPU_RUNS = sorted(r for r in RUNS if "gpu" in getattr(run_class(r), "uses", ()))
+DL_RUNS = sorted(r for r in RUNS if r in GPU_RUNS or "torch" in getattr(run_class(r), "requirements", ()))
+
+# Software environments of `snakemake --use-conda` (workflow/envs/; paths relative to rules/).
+ENV_CORE = "../envs/core.yaml"  # numerics, data, metrics, report
+ENV_DL = "../envs/dl.yaml"  # + PyTorch: a CUDA build where the machine has an NVIDIA driver
+
+
+def run_env(wildcards):
+    """The conda environment of a reconstruct/pretrain job: deep learning or core."""
+    return ENV_DL if wildcards.run in DL_RUNS else ENV_CORE
+
+
+# ---------------------------------------------------------------- start-up checks
+# Only in the main Snakemake process: a job re-parsing this file on a cluster node checks nothing.
+if workflow.is_main_process and GPU_RUNS and str(config.get("device", "auto")).startswith("cuda"):
+    if workflow.resource_settings.nodes is None:  # local execution: this machine runs the GPU jobs
+        from qsmbench.devices import check_device  # noqa: E402
+
+        try:
+            check_device(config["device"], source=SOURCE)
+        except ConfigError as exc:
+            raise WorkflowError(str(exc)) from None
+    else:  # --jobs N / a cluster executor: the GPU is on the nodes; each GPU job checks it there
+        logger.info(f"device {config['device']}: checked by each GPU job on its node (cluster execution)")
+
+
+def _unavailable_datasets():
+    """{dataset: why its data cannot be had} for manifest datasets not yet in results/data/."""
+    from qsmbench.datasets import availability  # noqa: PLC0415
+
+    out = {}
+    for d, spec in config["datasets"].items():
+        if spec["type"] != "manifest" or Path(f"results/data/{d}/meta.json").exists():
+            continue
+        reason = availability(dataset_manifest(config, d), mirror=spec.get("mirror"))
+        if reason:
+            out[d] = reason
+    return out
+
+
+# Datasets whose data cannot be had (gated files absent, download unreachable) are skipped with a
+# warning and listed under "not run" in the report; strict_datasets: true makes that an error.
+# The main process decides and records it; a job that re-parses this file on a cluster node reads
+# that record, so that its inputs (e.g. the report's) match the main process's plan.
+NOT_RUN_FILE = Path(".snakemake/qsmbench/not_run.json")
+if workflow.is_main_process:
+    NOT_RUN = _unavailable_datasets()
+    NOT_RUN_FILE.parent.mkdir(parents=True, exist_ok=True)
+    NOT_RUN_FILE.write_text(json.dumps(NOT_RUN, indent=1))
+else:
+    NOT_RUN = json.loads(NOT_RUN_FILE.read_text()) if NOT_RUN_FILE.exists() else {}
+if NOT_RUN and workflow.is_main_process:
+    if config.get("strict_datasets", False) or len(NOT_RUN) == len(config["datasets"]):
+        raise WorkflowError("\n".join(
+            [f"{len(NOT_RUN)} dataset(s) cannot run"
+             + (" (strict_datasets: true)" if config.get("strict_datasets") else " and no other dataset is left")
+             + ":"] + [f"  - {why}" for why in NOT_RUN.values()]))
+    for d, why in NOT_RUN.items():
+        logger.warning(f"qsmbench: SKIPPED {why}. It is listed under 'not run' in the report; "
+                       "--config strict_datasets=true makes this an error.")
+# The configuration the jobs run: the validated one less the skipped datasets.
+RUN_CONFIG = without_datasets(config, NOT_RUN) if NOT_RUN else config
+
+DATASETS = list(RUN_CONFIG["datasets"])
+# results/data/{dataset} is made by simulate_phantom (type phantom) or prepare_dataset (type manifest)
+PHANTOM_DATASETS = [d for d, spec in RUN_CONFIG["datasets"].items() if spec["type"] == "phantom"]
+BRAINWEB_DATASETS = [d for d, spec in RUN_CONFIG["datasets"].items() if spec["type"] == "brainweb"]  # prepare_brainweb
+MANIFEST_DATASETS = [d for d, spec in RUN_CONFIG["datasets"].items() if spec["type"] == "manifest"]
+# {dataset: {perturbation id: components}}; 'none' for every dataset (qsmbench.config.perturbation_plan)
+PLAN = perturbation_plan(RUN_CONFIG)
+PERTURBATIONS = sorted({p for perts in PLAN.values() for p in perts})
 CONFIG_HASH = config_hash(config)
-ENV = "../../environment.yml"
 
 
 wildcard_constraints:
@@ -48,7 +139,7 @@ def volume_meta(wildcards):
 
 def all_jobs():
     """(dataset, perturbation, run) triples, honouring each run's 'perturbations' filter."""
-    return job_list(config, PLAN)
+    return job_list(RUN_CONFIG, PLAN)
 
 
 def all_run_jsons(wildcards=None):
@@ -73,23 +164,33 @@ def manifest_inputs(wildcards):
     return files
 
 
-def reconstruct_uses_gpu(wildcards):
-    """True for a run whose method declares "gpu" in its ``uses`` (INR-QSM, uQSM, ...)."""
-    from qsmbench.errors import MethodError  # noqa: PLC0415
-    from qsmbench.registry import get_method_class  # noqa: PLC0415
-
-    try:
-        cls = get_method_class(RUNS[wildcards.run]["method"], extra_dirs=config.get("method_dirs", []))
-    except MethodError:  # unavailable (e.g. no torch): the run fails fast, on the CPU
-        return False
-    return "gpu" in cls.uses
-
-
 def reconstruct_gpus(wildcards):
-    """GPUs to request for a reconstruction: 1 for a GPU-capable method unless device is cpu."""
-    return int(reconstruct_uses_gpu(wildcards) and config.get("device", "auto") != "cpu")
+    """GPUs to request for a reconstruction or pretraining job: 1 for a GPU-capable method unless
+    device is cpu; 0 (no request at all for the scheduler) for every other job."""
+    return int(wildcards.run in GPU_RUNS and config.get("device", "auto") != "cpu")
 
 
 def reconstruct_mem_mb(wildcards):
-    """More memory for the GPU-capable (deep-learning) methods, which also run on the CPU."""
-    return 16000 if reconstruct_uses_gpu(wildcards) else 6000
+    """The run's mem_mb, else more for the GPU-capable (deep-learning) methods, which also run on the
+    CPU.  The runner kills a reconstruction whose resident memory exceeds it (status oom)."""
+    mem_mb = RUNS[wildcards.run]["mem_mb"]
+    if mem_mb is not None:
+        return mem_mb
+    return 16000 if wildcards.run in GPU_RUNS else 6000
+
+
+def reconstruct_timeout_s(wildcards):
+    """The run's timeout_s, else the method's default for the profile the run will resolve to."""
+    from qsmbench.method import Method  # noqa: PLC0415
+    from qsmbench.runner import expected_profile  # noqa: PLC0415
+
+    run = RUNS[wildcards.run]
+    if run["timeout_s"] is not None:
+        return float(run["timeout_s"])
+    cls = run_class(wildcards.run) or Method  # unavailable: the run fails fast
+    return cls.timeout_for(expected_profile(cls, run["profile"], config.get("device", "auto")))
+
+
+def reconstruct_runtime(wildcards):
+    """Scheduler runtime (minutes): the run's time limit plus a margin for loading and writing."""
+    return int(reconstruct_timeout_s(wildcards) // 60) + 10

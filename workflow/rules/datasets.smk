@@ -16,7 +16,7 @@ rule prepare_dataset:
     log:
         "logs/data/{dataset}.log",
     conda:
-        ENV
+        ENV_CORE
     # downloads happen where the network is: on the submitting host, not on cluster nodes
     localrule: True
     threads: 1

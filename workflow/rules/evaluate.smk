@@ -7,7 +7,7 @@ rule evaluate:
     log:
         "logs/metrics/{dataset}/{perturbation}/{run}.log",
     conda:
-        ENV
+        ENV_CORE
     resources:
         mem_mb=3000,
         runtime=10,
@@ -26,7 +26,7 @@ rule aggregate:
     log:
         "logs/aggregate.log",
     conda:
-        ENV
+        ENV_CORE
     resources:
         mem_mb=2000,
         runtime=10,

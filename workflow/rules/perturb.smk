@@ -8,7 +8,7 @@ rule perturb:
     log:
         "logs/perturbed/{dataset}/{perturbation}.log",
     conda:
-        ENV
+        ENV_CORE
     threads: 2
     resources:
         mem_mb=6000,

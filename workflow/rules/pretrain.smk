@@ -4,10 +4,7 @@
 # ~/.cache/qsmbench), where each reconstruct job's prepare() finds them; this rule's output is
 # the record of that training (status, hash, weights file, time, loss per epoch).
 
-from qsmbench.registry import method_infos  # noqa: E402
-
-# Classes of the registered methods (None when a file failed to import), by name.
-METHOD_CLASSES = {i.name: i.cls for i in method_infos(config.get("method_dirs", []))}
+# METHOD_CLASSES, run_env and reconstruct_gpus: common.smk
 TRAINED_RUNS = [run_id for run_id, spec in RUNS.items()
                 if "training" in getattr(METHOD_CLASSES.get(spec["method"]), "uses", ())]
 # Extra input of reconstruct, by run: the pretrain record of runs whose method trains.
@@ -24,10 +21,10 @@ rule pretrain:
     log:
         "logs/pretrain/{run}.log",
     conda:
-        ENV
+        run_env  # the deep-learning environment for torch/GPU methods, else the core one
     threads: 8  # scaled down to --cores locally; training is the critical path of the run
     resources:
-        gpu=lambda wildcards: int(config.get("device", "auto") != "cpu"),
+        gpu=reconstruct_gpus,
         mem_mb=16000,  # the paper profile simulates 24 phantoms of up to 176^3 on a 2x finer grid
         runtime=240,
     script:

@@ -8,14 +8,15 @@ rule reconstruct:
         run=lambda wildcards: RUNS[wildcards.run],
         device=config.get("device", "auto"),
         method_dirs=config.get("method_dirs", []),
+        timeout_s=reconstruct_timeout_s,
     log:
         "logs/recon/{dataset}/{perturbation}/{run}.log",
     conda:
-        ENV
+        run_env  # the deep-learning environment for torch/GPU methods, else the core one (common.smk)
     threads: config.get("threads", 1)
     resources:
         mem_mb=reconstruct_mem_mb,
-        gpu=reconstruct_gpus,
-        runtime=60,
+        gpu=reconstruct_gpus,  # 1 for GPU-capable methods (SLURM plugin: --gpus=1), else none
+        runtime=reconstruct_runtime,
     script:
         "../scripts/reconstruct.py"

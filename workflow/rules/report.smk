@@ -50,12 +50,13 @@ rule render_report:
         config=config,
         config_hash=CONFIG_HASH,
         datasets=DATASETS,
+        not_run=NOT_RUN,  # {dataset: why} skipped at start-up (common.smk)
         figures_dir=lambda wildcards, output: str(Path(output.ranking).parent),
         title=config.get("report", {}).get("title", "qsmbench report"),
     log:
         "logs/report.log",
     conda:
-        ENV
+        ENV_CORE
     resources:
         mem_mb=4000,
         runtime=20,
@@ -81,7 +82,7 @@ rule paper_figures:
     log:
         "logs/paper_figures.log",
     conda:
-        ENV
+        ENV_CORE
     resources:
         mem_mb=4000,
         runtime=20,

@@ -11,5 +11,5 @@ with job(snakemake):
     render_report(snakemake.input.table, snakemake.output.html,
                   montages=montages_from_runs(snakemake.input.runs, volumes),
                   config=snakemake.params.config, title=snakemake.params.title,
-                  figures_dir=snakemake.params.figures_dir, data_dirs=volumes,
+                  figures_dir=snakemake.params.figures_dir, data_dirs=volumes, not_run=snakemake.params.not_run,
                   provenance={"config_hash": snakemake.params.config_hash, "snakemake": version("snakemake")})
