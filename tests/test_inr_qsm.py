@@ -307,7 +307,7 @@ def test_warm_start_cache_round_trips(tmp_path, monkeypatch, small_volume):
     # what it was fitted to: two phantoms of the reserved training range, recorded for run.json
     on = first.trained_on
     assert on["seeds"] == seeds.draw("train", 2, "inr_qsm") and all(seeds.role_of(x) == "train" for x in on["seeds"])
-    assert on["phantom_model"] and on["phantom_version"] and on["shapes"] == [[20, 20, 16]]
+    assert on["phantom_model"] == "mni" and on["phantom_version"] and on["shapes"] == [[20, 20, 16]]
     assert on["lr"] == [params.get("warm_start_lr_start", 1e-4), params.get("warm_start_lr_end", 1e-5)]
     # another job (seed), another number of epochs or fine-tuning rate: the same warm start
     second = registry.get_method("inr_qsm", seed=6, **{**params, "epochs": 2, "lr_start": 5e-4})
@@ -517,3 +517,33 @@ def test_overlapping_patches_of_the_quick_profile_cover_the_mask():
     # most brain voxels are seen by several patches (the field near a patch edge is fitted in
     # another patch where that voxel is interior)
     assert np.mean(cover[vol.mask] >= 2) > 0.8
+
+
+def test_warm_start_phantoms_are_of_the_model_asked_for(tmp_path, monkeypatch):
+    """The warm start builds its phantoms with ``model=warm_start_model`` (default "mni")."""
+    from qsmbench import phantom
+
+    class Stop(Exception):
+        pass
+
+    asked = []
+
+    def spy(*args, **kwargs):
+        asked.append(kwargs.get("model"))
+        raise Stop
+
+    monkeypatch.setattr(phantom, "make_phantom", spy)
+    cls = registry.get_method_class("inr_qsm")
+    assert cls.parameters["warm_start_model"] == "mni"
+    params = {**TINY, "warm_start": "phantom", "warm_start_shape": [20, 20, 16], "cache_dir": str(tmp_path)}
+    for model in ("analytic", "mni"):
+        with pytest.raises(Stop):
+            registry.get_method("inr_qsm", **params, warm_start_model=model).prepare([])
+    assert asked == ["analytic", "mni"]
+    keys = set()
+    for model in ("analytic", "mni"):
+        m = registry.get_method("inr_qsm", **params, warm_start_model=model)
+        keys.add(m.warm_start_key(m.warm_start_source([])))
+    assert len(keys) == 2
+    with pytest.raises(ConfigError, match="warm_start_model"):
+        registry.get_method("inr_qsm", warm_start_model="brainweb")

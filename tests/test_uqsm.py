@@ -432,3 +432,31 @@ def test_phase_scale_must_be_positive(uqsm):
     assert cls.resolve_parameters(profile="paper")["phase_scale"] == 100.0
     assert cls.resolve_parameters(profile="quick")["phase_scale"] is None
     assert cls.parameters["leaky_slope"] == 0.01
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_training_phantoms_are_of_the_model_asked_for(uqsm, monkeypatch):
+    """The training phantoms are built with ``model=train_model`` (default "mni", the workflow's
+    default phantom), never with whatever make_phantom's default happens to be; it is recorded."""
+    cls, pkg, _ = uqsm
+    from qsmbench.errors import ConfigError
+
+    assert cls.parameters["train_model"] == "mni"
+    assert tiny(cls).describe_training()["phantom_model"] == "mni"
+    asked = []
+
+    def spy(*args, **kwargs):
+        asked.append(kwargs.get("model"))
+        raise _Stop
+
+    monkeypatch.setattr(pkg, "make_phantom", spy)
+    for model in ("analytic", "mni"):
+        with pytest.raises(_Stop):
+            tiny(cls, train_model=model, cache=False).prepare([])
+    assert asked == ["analytic", "mni"]
+    assert tiny(cls, train_model="analytic").weights_path() != tiny(cls).weights_path()
+    with pytest.raises(ConfigError, match="train_model"):
+        tiny(cls, train_model="brainweb")

@@ -23,18 +23,9 @@ _REFERENCES = [
 
 #: Bump when the fitting code changes what a warm start learns (the warm-start cache key holds it).
 #: 2: zero output bias, normalised loss, pooled edge weights, training-range phantom seeds.
-WARM_START_CODE_VERSION = "2"
+#: 3: the phantom model is a parameter (warm_start_model, default "mni"), passed to make_phantom.
+WARM_START_CODE_VERSION = "3"
 EDGE_POOLING = ("pooled", "per_axis")
-
-
-def _phantom_model() -> str:
-    """Name of the phantom model ``make_phantom`` builds by default (recorded in trained_on)."""
-    import inspect  # noqa: PLC0415
-
-    from qsmbench.phantom import make_phantom  # noqa: PLC0415
-
-    default = inspect.signature(make_phantom).parameters.get("model")
-    return str(default.default) if default is not None else "analytic"
 
 
 def _check_volume(vol, name: str) -> None:
@@ -108,8 +99,9 @@ class INRQSM(Method):
     Warm start (``warm_start``; the authors' configuration loads pretrained weights and only
     fine-tunes them at its tiny learning rate, so the ``paper`` profile warm-starts):
     ``"phantom"`` fits the network, in ``prepare`` (untimed), to ``warm_start_phantoms`` embedded
-    phantoms in turn, whose seeds are drawn from the reserved *training* range
-    (:func:`qsmbench.seeds.draw`, stream ``"inr_qsm"``, or ``"inr_qsm-<warm_start_seed>"``), of
+    phantoms of the model ``warm_start_model`` (default ``"mni"``, the workflow's default) in
+    turn, whose seeds are drawn from the reserved *training* range (:func:`qsmbench.seeds.draw`,
+    stream ``"inr_qsm"``, or ``"inr_qsm-<warm_start_seed>"``), of
     ``warm_start_shape`` voxels of ``warm_start_voxel_size_mm``, for ``warm_start_epochs`` each at
     a learning rate decaying from ``warm_start_lr_start`` to ``warm_start_lr_end`` (pretraining,
     higher than the fine-tuning rate); ``"train"`` fits the first volume given to ``prepare``
@@ -146,7 +138,7 @@ class INRQSM(Method):
     mixed_precision, amp_dtype : autocast on CUDA (float16 with loss scaling); sine arguments and
         FFTs stay in float32.  Ignored on CPU.
     chunk_points : points per network call when predicting the full grid.
-    warm_start, warm_start_phantoms, warm_start_epochs, warm_start_lr_start, warm_start_lr_end,
+    warm_start, warm_start_model, warm_start_phantoms, warm_start_epochs, warm_start_lr_start, warm_start_lr_end,
     warm_start_shape, warm_start_voxel_size_mm, warm_start_seed, cache_dir : the warm start
         (above): "phantom", 1 phantom of 160^3 at 1 mm, 50 epochs at 1e-4 -> 1e-5 (*unknown in
         the paper*: how the authors' weights were pretrained).
@@ -177,7 +169,7 @@ class INRQSM(Method):
         "mask_chi": True,
         "mixed_precision": True, "amp_dtype": "float16",
         "chunk_points": 262144,
-        "warm_start": "phantom", "warm_start_phantoms": 1, "warm_start_epochs": 50,
+        "warm_start": "phantom", "warm_start_model": "mni", "warm_start_phantoms": 1, "warm_start_epochs": 50,
         "warm_start_lr_start": 1e-4, "warm_start_lr_end": 1e-5, "warm_start_shape": [160, 160, 160],
         "warm_start_voxel_size_mm": [1.0, 1.0, 1.0], "warm_start_seed": 0, "cache_dir": "",
     }
@@ -202,6 +194,9 @@ class INRQSM(Method):
             raise ConfigError(f"inr_qsm: warm_start must be one of {self.WARM_STARTS}, got {p['warm_start']!r}")
         if p["edge_pooling"] not in EDGE_POOLING:
             raise ConfigError(f"inr_qsm: edge_pooling must be one of {EDGE_POOLING}, got {p['edge_pooling']!r}")
+        if p["warm_start_model"] not in ("mni", "analytic"):
+            raise ConfigError(f"inr_qsm: warm_start_model must be 'mni' or 'analytic' (a phantom model of "
+                              f"qsmbench.phantom), got {p['warm_start_model']!r}")
         if int(p["warm_start_phantoms"]) < 1 or int(p["warm_start_epochs"]) < 1:
             raise ConfigError("inr_qsm: warm_start_phantoms and warm_start_epochs must be >= 1")
         if not (p["warm_start_lr_start"] > 0 and p["warm_start_lr_end"] > 0):
@@ -234,7 +229,7 @@ class INRQSM(Method):
         params = {k: v for k, v in self.warm_start_params().items() if k not in self._NOT_IN_KEY}
         return cache_key({"method": self.name, "params": params, "source": source,
                           "code_version": WARM_START_CODE_VERSION, "phantom_version": PHANTOM_VERSION,
-                          "phantom_model": _phantom_model(), "qsmbench_version": __version__})
+                          "qsmbench_version": __version__})
 
     def warm_start_source(self, train) -> dict:
         """What the warm start fits: phantom seeds/shape/voxel size, or the first training volume."""
@@ -255,7 +250,8 @@ class INRQSM(Method):
             voxel = []
         if len(voxel) != 3 or not all(v > 0 for v in voxel):
             raise ConfigError("inr_qsm: warm_start_voxel_size_mm must be three positive numbers")
-        return {"phantom": {"shape": shape, "voxel_size_mm": voxel, "seeds": self.warm_start_seeds()}}
+        return {"phantom": {"model": p["warm_start_model"], "shape": shape, "voxel_size_mm": voxel,
+                            "seeds": self.warm_start_seeds()}}
 
     def prepare(self, train) -> None:
         _warm_up_torch()
@@ -283,7 +279,8 @@ class INRQSM(Method):
             state = None
             for i, (what, vol) in enumerate(subjects):
                 if vol is None:
-                    vol = make_phantom(tuple(ph["shape"]), tuple(ph["voxel_size_mm"]), seed=ph["seeds"][i]).for_method()
+                    vol = make_phantom(tuple(ph["shape"]), tuple(ph["voxel_size_mm"]), model=ph["model"],
+                                       seed=ph["seeds"][i]).for_method()
                 prob = _problem(self, vol)
                 # seeded by the warm start's own seed, not by the job: one cached fit serves every subject
                 result = fit(prob, wp, device=self.device, seed=int(p["warm_start_seed"]) + i, init_state=state,
@@ -306,7 +303,7 @@ class INRQSM(Method):
                "lr": [float(p["warm_start_lr_start"]), float(p["warm_start_lr_end"])],
                "code_version": WARM_START_CODE_VERSION}
         if "phantom" in source:
-            out.update(phantom_model=_phantom_model(), phantom_version=PHANTOM_VERSION,
+            out.update(phantom_model=p["warm_start_model"], phantom_version=PHANTOM_VERSION,
                        seeds=list(source["phantom"]["seeds"]), shapes=[source["phantom"]["shape"]],
                        voxel_size_mm=source["phantom"]["voxel_size_mm"])
         else:

@@ -18,7 +18,7 @@ import numpy as np
 from qsmbench import __version__, seeds
 from qsmbench.errors import ConfigError
 from qsmbench.method import Method
-from qsmbench.phantom import PHANTOM_VERSION, make_phantom
+from qsmbench.phantom import MODELS, PHANTOM_VERSION, make_phantom
 from qsmbench.physics import tilted_b0_dir
 from qsmbench.volume import Volume
 
@@ -26,13 +26,14 @@ log = logging.getLogger(__name__)
 
 #: Bump when the training code changes what a given configuration learns (invalidates caches).
 #: 2: TV of the masked output, training phantoms from the reserved train seed range, phase_scale.
-TRAINING_CODE_VERSION = "2"
+#: 3: the phantom model is a parameter (train_model, default "mni"), passed to make_phantom.
+TRAINING_CODE_VERSION = "3"
 
 #: Parameters that determine the trained weights (the cache key); the others act at inference.
 TRAINING_KEYS = (
     "width", "levels", "leaky_slope", "field_scale", "kernel_scale", "phase_scale", "tv_weight", "patch_size",
     "min_brain_fraction", "batch_size", "epochs", "steps_per_epoch", "lr", "lr_decay",
-    "train_phantoms", "train_shape_min", "train_shape_max", "train_voxel_size_mm", "train_oversample",
+    "train_phantoms", "train_model", "train_shape_min", "train_shape_max", "train_voxel_size_mm", "train_oversample",
     "train_max_tilt_deg", "train_b0_tesla", "train_te_s", "train_seed",
 )
 
@@ -77,14 +78,6 @@ def b0_axis_permutation(b0_dir: Sequence[float]) -> tuple[int, int, int]:
     """
     k = int(np.argmax(np.abs(np.asarray(b0_dir, float))))
     return tuple([i for i in range(3) if i != k] + [k])  # type: ignore[return-value]
-
-
-def _phantom_model() -> str:
-    """Name of the phantom model that ``make_phantom`` builds by default (recorded in trained_on)."""
-    import inspect  # noqa: PLC0415
-
-    default = inspect.signature(make_phantom).parameters.get("model")
-    return str(default.default) if default is not None else "analytic"
 
 
 def _torch_engine():
@@ -144,7 +137,8 @@ class UQSM(Method):
         ``paper`` profile reproduces the code (``phase_scale = 100``); a number fixes ``s`` in
         rad/ppm.
     Training (``prepare``, untimed)
-        Unlabelled fields only: ``train_phantoms`` embedded head phantoms whose seeds are drawn
+        Unlabelled fields only: ``train_phantoms`` embedded head phantoms of the model
+        ``train_model`` (default ``"mni"``, the default phantom of the workflow) whose seeds are drawn
         from the reserved *training* range (:func:`qsmbench.seeds.draw`, stream ``"uqsm"``, or
         ``"uqsm-<train_seed>"`` when ``train_seed`` is not 0), shapes and B0 tilts drawn from
         ``train_seed`` (each axis uniform in ``[train_shape_min, train_shape_max]``, voxel size
@@ -189,7 +183,7 @@ class UQSM(Method):
     tv_weight : weight of TV1(m o) (0.001).
     patch_size, min_brain_fraction, batch_size, epochs, steps_per_epoch, lr, lr_decay : training
         (96, 0.5, -, 10, -, 1e-4, 0.8; batch size and patches per epoch are not stated: 2, 1000).
-    train_* : the training data (above).
+    train_* : the training data (above); ``train_model`` "mni" (default) or "analytic".
     cache : read/write the weights cache.
 
     Profiles: ``paper`` (the published settings and the code's ``phase_scale = 100``, meant for
@@ -218,6 +212,7 @@ class UQSM(Method):
         "lr": 1e-4,
         "lr_decay": 0.8,
         "train_phantoms": 24,
+        "train_model": "mni",
         "train_shape_min": 144,
         "train_shape_max": 176,
         "train_voxel_size_mm": [1.0, 1.0, 1.0],
@@ -269,6 +264,9 @@ class UQSM(Method):
         if p["train_phantoms"] < 0 or p["train_shape_max"] < p["train_shape_min"] or p["train_shape_min"] < 8:
             raise ConfigError("uqsm: need train_phantoms >= 0 and 8 <= train_shape_min <= train_shape_max, got "
                               f"{p['train_phantoms']}, {p['train_shape_min']}, {p['train_shape_max']}")
+        if p["train_model"] not in MODELS or p["train_model"] == "brainweb":
+            raise ConfigError(f"uqsm: train_model must be 'mni' or 'analytic' (a phantom model of "
+                              f"qsmbench.phantom), got {p['train_model']!r}")
         if not 0.0 <= p["min_brain_fraction"] < 1.0:
             raise ConfigError(f"uqsm: min_brain_fraction must be in [0, 1), got {p['min_brain_fraction']}")
         for key in ("field_scale", "kernel_scale", "lr", "lr_decay", "train_b0_tesla", "train_te_s"):
@@ -296,7 +294,6 @@ class UQSM(Method):
             "training_code_version": TRAINING_CODE_VERSION,
             "qsmbench_version": __version__,
             "phantom_version": PHANTOM_VERSION,
-            "phantom_model": _phantom_model(),
             "params": {k: p[k] for k in TRAINING_KEYS},
             "train_volumes": [volume_digest(v) for v in train],
         }
@@ -333,7 +330,7 @@ class UQSM(Method):
         specs = self.phantom_specs()
         return {
             "what": "uqsm weights (unsupervised; fields only, no chi)",
-            "phantom_model": _phantom_model(),
+            "phantom_model": p["train_model"],
             "phantom_version": PHANTOM_VERSION,
             "seeds": [s["seed"] for s in specs],
             "seed_stream": "uqsm" if p["train_seed"] == 0 else f"uqsm-{p['train_seed']}",
@@ -358,7 +355,8 @@ class UQSM(Method):
             out.append(tv)
 
         for spec in self.phantom_specs():
-            vol = make_phantom(spec["shape"], p["train_voxel_size_mm"], seed=spec["seed"], b0_dir=spec["b0_dir"],
+            vol = make_phantom(spec["shape"], p["train_voxel_size_mm"], model=p["train_model"], seed=spec["seed"],
+                               b0_dir=spec["b0_dir"],
                                b0_tesla=p["train_b0_tesla"], te_s=p["train_te_s"],
                                oversample=p["train_oversample"])
             add(vol, f"training phantom seed {spec['seed']}")
