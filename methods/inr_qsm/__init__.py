@@ -64,7 +64,15 @@ def _problem(method: Method, vol):
 QUICK_PROFILE = {"hidden_features": 64, "sine_layers": 3, "w0_first": 60.0, "w0_hidden": 60.0, "w0_last": 60.0,
                  "chi0_method": "tkd", "patch_size": [48, 48, 48], "patch_stride_fraction": 0.5, "epochs": 20,
                  "compensate_every": 4, "lr_start": 1e-3, "lr_end": 1e-4, "warm_start": "none"}
-QUICK_TUNED_ON = None
+QUICK_TUNED_ON = {
+    "what": "quick profile (SIREN width, w0, learning rate, epochs, patch stride, compensation period): per-epoch "
+            "NRMSE traces of candidates fitted to tuning-range phantoms (tests/benchmarks/tune_inr_quick.py); "
+            "rejected: width 32 at lr 3e-3 and width 64 at lr 2e-3 (both stall near chi = 0, NRMSE 94 % after 12 "
+            "epochs, seed 2288774); chosen: width 64, w0 60, lr 1e-3 -> 1e-4, 20 epochs, NRMSE 52.1 % against "
+            "TKD 54.9 % and CFL2 67.8 % (seed 2783698)",
+    "phantom_model": "mni", "phantom_version": "2", "seeds": [2783698, 2288774], "shape": [80, 96, 80],
+    "voxel_size_mm": [2.0, 2.0, 2.0], "noise_peak_snr": [None], "script": "tests/benchmarks/tune_inr_quick.py",
+}
 
 
 class INRQSM(Method):
@@ -145,9 +153,11 @@ class INRQSM(Method):
 
     Profiles: ``paper`` (the published settings with the warm start; meant for a GPU -- hours on
     a CPU) and ``quick`` (CI and the default offline run, no warm start: a SIREN of 3 x 64 with
-    w0 30, 48^3 patches overlapping by half (stride 24) and the learning-rate schedule and epochs
-    of :attr:`tuned_on`, chosen on tuning-range phantoms to converge in about 40 s for
-    80 x 96 x 80 voxels on one core).  ``prepare`` also loads torch's optimiser machinery, so
+    w0 60, 48^3 patches overlapping by half (stride 24), 20 epochs at a learning rate decaying
+    from 1e-3 to 1e-4, phase compensation every 4 epochs; chosen on tuning-range phantoms of the
+    MNI model, see :attr:`tuned_on`).  The quick profile costs about 2-3 CPU minutes for
+    80 x 96 x 80 voxels on one (busy) core: cheaper settings tried (fewer epochs, width 32,
+    higher learning rates) did not get ahead of TKD.  ``prepare`` also loads torch's optimiser machinery, so
     that one-off import time (seconds) is not counted in the timed reconstruction.  Deterministic
     on the CPU for a given seed and thread count; a progress bar (or periodic log lines) shows
     the time left of every fit.
