@@ -53,11 +53,12 @@ class Progress:
                 self._tqdm = tqdm(total=self.total, desc=label, unit=unit, file=sys.stderr, dynamic_ncols=True,
                                   leave=False)
 
-    def eta_s(self) -> float | None:
+    def eta_s(self, now: float | None = None) -> float | None:
         """Estimated seconds left (the mean time per step so far times the steps left)."""
         if self.n <= 0:
             return None
-        return (time.perf_counter() - self.t0) / self.n * max(self.total - self.n, 0)
+        now = time.perf_counter() if now is None else now
+        return (now - self.t0) / self.n * max(self.total - self.n, 0)
 
     def update(self, n: int = 1, postfix: Mapping[str, Any] | None = None) -> None:
         self.n += int(n)
@@ -71,12 +72,14 @@ class Progress:
         now = time.perf_counter()
         if now - self._last_log >= self.log_every_s and self.n < self.total:
             self._last_log = now
-            self.log.info("%s", self.line())
+            self.log.info("%s", self.line(now))
 
-    def line(self) -> str:
-        """``label: 40/300 steps (13 %), 0:21 elapsed, about 2:17 left; loss 0.01``."""
-        elapsed = time.perf_counter() - self.t0
-        eta = self.eta_s()
+    def line(self, now: float | None = None) -> str:
+        """``label: 40/300 steps (13 %), 0:21 elapsed, about 2:17 left; loss 0.01`` (at ``now``,
+        a ``time.perf_counter()`` value; default: the clock read once)."""
+        now = time.perf_counter() if now is None else now
+        elapsed = now - self.t0
+        eta = self.eta_s(now)
         pct = 100.0 * self.n / self.total if self.total else 100.0
         text = (f"{self.label}: {self.n}/{self.total} {self.unit}s ({pct:.0f} %), {format_seconds(elapsed)} elapsed"
                 + (f", about {format_seconds(eta)} left" if eta is not None and self.n < self.total else ""))
