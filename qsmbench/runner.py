@@ -556,7 +556,7 @@ def pretrain_in_process(*, run_id: str, method: str, params: Mapping[str, Any] |
         "kind": "pretrain", "run_id": run_id, "method": method, "profile": profile,
         "parameters": dict(params or {}), "qsmbench_version": __version__, "git_commit": git_commit(),
         "status": None, "error": None, "traceback": None, "device": None, "prepare_s": None, "notes": [],
-        "training": {}, "isolation": None, "log_tail": None}
+        "training": {}, "trained_on": None, "isolation": None, "log_tail": None}
     try:
         cls = get_method_class(method, extra_dirs=extra_dirs)
         dev = resolve_device(device) if "gpu" in cls.uses else "cpu"
@@ -568,7 +568,8 @@ def pretrain_in_process(*, run_id: str, method: str, params: Mapping[str, Any] |
         t0 = time.perf_counter()
         instance.prepare([])
         record.update(status="ok", device=device_description(dev), prepare_s=time.perf_counter() - t0,
-                      notes=list(instance.notes), training=dict(getattr(instance, "training_record", {})))
+                      notes=list(instance.notes), training=dict(getattr(instance, "training_record", {})),
+                      trained_on=getattr(instance, "trained_on", None))
     except MethodUnavailableError as exc:
         record.update(status="unavailable", error=str(exc))
     except Exception as exc:

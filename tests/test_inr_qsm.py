@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from qsmbench import physics, registry  # noqa: E402
+from qsmbench import physics, registry, seeds  # noqa: E402
 from qsmbench.contract import contract_volume  # noqa: E402
 from qsmbench.errors import ConfigError  # noqa: E402
 
@@ -17,6 +17,16 @@ TINY = {"hidden_features": 32, "sine_layers": 2, "w0_first": 20.0, "w0_hidden": 
         "chi0_method": "tkd", "patch_size": [16, 16, 12], "patch_stride_fraction": 1.0, "epochs": 3,
         "compensate_every": 1, "lr_start": 1e-3, "lr_end": 5e-4}
 TINY_FAST = {"levels": 3, "grid_max_scale": 0.5, "max_steps": 20, "min_steps": 20, "plateau_window": 3}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny volumes gain nothing from threads, and on a shared, busy machine torch's spinning
+    worker threads make these tests several times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _pkg(name="inr_qsm"):
@@ -63,12 +73,12 @@ def test_normalised_coordinates_are_isotropic_in_mm():
     assert np.isclose(coords[0, 1, 0, 1] - coords[0, 0, 0, 1], 2.0 / 2.0)
 
 
-def test_edge_weights_ramp_between_p50_and_p70():
+def test_edge_weights_ramp_between_p50_and_p70_per_axis():
     # chi0 varies along axis 0 only, with steps 0..9 (ten differences per line) inside a full mask
     steps = np.arange(10, dtype=float)
     chi0 = np.broadcast_to(np.concatenate([[0.0], np.cumsum(steps)])[:, None, None], (11, 2, 2)).copy()
     mask = np.ones_like(chi0, bool)
-    wg = _mod("common").edge_weights(chi0, mask, low_percentile=50, high_percentile=70)
+    wg = _mod("common").edge_weights(chi0, mask, low_percentile=50, high_percentile=70, pooled=False)
     assert [w.shape for w in wg] == [(10, 2, 2), (11, 1, 2), (11, 2, 1)]
     lo, hi = np.percentile(steps, [50, 70])  # 4.5, 6.3
     expected = np.clip((hi - steps) / (hi - lo), 0, 1)
@@ -78,8 +88,32 @@ def test_edge_weights_ramp_between_p50_and_p70():
     assert np.all(wg[1] == 1.0) and np.all(wg[2] == 1.0)
     # a difference that leaves the mask gets weight 0
     mask[5] = False
-    wg = _mod("common").edge_weights(chi0, mask)
+    wg = _mod("common").edge_weights(chi0, mask, pooled=False)
     assert np.all(wg[0][4] == 0) and np.all(wg[0][5] == 0) and np.all(wg[1][5] == 0)
+
+
+def test_edge_weights_pool_the_percentiles_over_the_three_directions():
+    """The authors' preprocessing: one (p50, p70) pair over |grad chi0| of all directions.
+
+    Same chi0 as above: 40 differences along axis 0 (steps 0..9, four of each) and 44 zero
+    differences along axes 1 and 2.  Sorted, the 84 values are 48 zeros, then 1 x4, 2 x4, 3 x4...;
+    p50 (position 41.5) = 0 and p70 (position 58.1) = 3, so the weight along axis 0 is
+    (3 - step) / 3 clipped: 1, 2/3, 1/3, 0, ... -- much stricter than per axis (p50 4.5, p70 6.3).
+    """
+    steps = np.arange(10, dtype=float)
+    chi0 = np.broadcast_to(np.concatenate([[0.0], np.cumsum(steps)])[:, None, None], (11, 2, 2)).copy()
+    mask = np.ones_like(chi0, bool)
+    common = _mod("common")
+    wg = common.edge_weights(chi0, mask, low_percentile=50, high_percentile=70)   # pooled by default
+    np.testing.assert_allclose(wg[0][:, 0, 0], [1, 2 / 3, 1 / 3, 0, 0, 0, 0, 0, 0, 0], atol=1e-6)
+    assert np.all(wg[1] == 1.0) and np.all(wg[2] == 1.0)
+    per_axis = common.edge_weights(chi0, mask, pooled=False)
+    assert not np.allclose(per_axis[0], wg[0])
+    # the methods pool by default and switch with edge_pooling
+    for name in ("inr_qsm", "inr_qsm_fast"):
+        assert registry.get_method_class(name).parameters["edge_pooling"] == "pooled"
+    with pytest.raises(ConfigError, match="edge_pooling"):
+        registry.get_method("inr_qsm", edge_pooling="sideways")
 
 
 def test_bad_edge_percentiles_are_rejected():
@@ -264,33 +298,63 @@ def test_warm_start_cache_round_trips(tmp_path, monkeypatch, small_volume):
 
     monkeypatch.setattr(torch, "load", spy)
     params = {**TINY, "warm_start": "phantom", "warm_start_shape": [20, 20, 16], "warm_start_epochs": 1,
-              "cache_dir": str(tmp_path), "epochs": 1}
+              "warm_start_phantoms": 2, "cache_dir": str(tmp_path), "epochs": 1}
     first = registry.get_method("inr_qsm", seed=5, **params)
     first.prepare([])
     files = list(tmp_path.glob("*.pt"))
     assert len(files) == 1 and first.warm_start_file == files[0]
     assert "fitted on phantom" in first.notes[-1] and loads == []
-    # another job (seed) and another number of epochs: the same warm start
-    second = registry.get_method("inr_qsm", seed=6, **{**params, "epochs": 2})
+    # what it was fitted to: two phantoms of the reserved training range, recorded for run.json
+    on = first.trained_on
+    assert on["seeds"] == seeds.draw("train", 2, "inr_qsm") and all(seeds.role_of(x) == "train" for x in on["seeds"])
+    assert on["phantom_model"] == "mni" and on["phantom_version"] and on["shapes"] == [[20, 20, 16]]
+    assert on["lr"] == [params.get("warm_start_lr_start", 1e-4), params.get("warm_start_lr_end", 1e-5)]
+    # another job (seed), another number of epochs or fine-tuning rate: the same warm start
+    second = registry.get_method("inr_qsm", seed=6, **{**params, "epochs": 2, "lr_start": 5e-4})
     second.prepare([])
     assert "loaded from cache" in second.notes[-1] and loads == [True]
-    assert second.warm_start_file == first.warm_start_file
+    assert second.warm_start_file == first.warm_start_file and second.trained_on == on
     assert first.init_state.keys() == second.init_state.keys()
     for k in first.init_state:
         assert torch.equal(first.init_state[k], second.init_state[k])
     # the warm-started fit starts from the cached weights and compensates at epoch 0
     second.reconstruct(small_volume.for_method())
-    assert second.history[0]["compensated"]
+    assert second.history[0]["compensated"] and "warm start" in second.notes[-1]
     # another configuration of the weights -> another cache entry
     third = registry.get_method("inr_qsm", seed=5, **{**params, "lambda_smooth": 0.3})
     third.prepare([])
     assert len(list(tmp_path.glob("*.pt"))) == 2
+    # the switch: no warm start, no weights, nothing trained on
+    off = registry.get_method("inr_qsm", seed=5, **{**params, "warm_start": "none"})
+    off.prepare([])
+    assert off.init_state is None and off.trained_on is None
     # fitting on the training volumes needs some
     with pytest.raises(ConfigError, match="training volume"):
         registry.get_method("inr_qsm", **{**params, "warm_start": "train"}).prepare([])
     trained = registry.get_method("inr_qsm", **{**params, "warm_start": "train"})
     trained.prepare([small_volume])
-    assert "fitted on train" in trained.notes[-1]
+    assert "fitted on train" in trained.notes[-1] and trained.trained_on["volumes"][0]["name"] == small_volume.name
+
+
+def test_warm_start_cache_key_changes_with_the_code_version(monkeypatch):
+    pkg = importlib.import_module(_pkg())
+    m = registry.get_method("inr_qsm", **{**TINY, "warm_start": "phantom", "warm_start_shape": [20, 20, 16]})
+    source = m.warm_start_source([])
+    key = m.warm_start_key(source)
+    assert m.warm_start_key(source) == key                   # deterministic
+    monkeypatch.setattr(pkg, "WARM_START_CODE_VERSION", pkg.WARM_START_CODE_VERSION + "-next")
+    assert m.warm_start_key(source) != key
+    monkeypatch.undo()
+    other = registry.get_method("inr_qsm", **{**TINY, "warm_start": "phantom", "warm_start_shape": [20, 20, 16],
+                                              "warm_start_lr_start": 3e-4})
+    assert other.warm_start_key(other.warm_start_source([])) != key   # the warm start's own rate counts
+
+
+def test_paper_profile_warm_starts_at_a_higher_rate_than_it_fine_tunes():
+    p = registry.get_method_class("inr_qsm").resolve_parameters(profile="paper")
+    assert p["warm_start"] == "phantom" and p["warm_start_lr_start"] > p["warm_start_lr_end"] >= p["lr_start"]
+    assert p["lr_start"] == 1e-5 and p["lr_end"] == 2e-7 and p["epochs"] == 50
+    assert registry.get_method_class("inr_qsm").resolve_parameters(profile="quick")["warm_start"] == "none"
 
 
 def test_bad_parameters_are_config_errors():
@@ -314,3 +378,172 @@ def test_the_package_imports_without_torch():
     for name in ("inr_qsm", "inr_qsm_fast"):
         cls = registry.get_method_class(name)
         assert cls.requirements == ["torch"] and "gpu" in cls.uses
+
+
+# --------------------------------------------------------------------------- the losses against numpy
+class _Analytic(torch.nn.Module):
+    """A coordinate 'network' with a closed form, evaluated identically in numpy (its one
+    parameter, an amplitude of 1, gives Adam something to step)."""
+
+    def __init__(self):
+        super().__init__()
+        self.amp = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, c):
+        return self.amp * (0.05 * torch.sin(5 * c[:, 0]) * torch.cos(3 * c[:, 1]) + 0.02 * c[:, 2] + 0.01)
+
+    @staticmethod
+    def numpy(c):
+        return 0.05 * np.sin(5 * c[..., 0]) * np.cos(3 * c[..., 1]) + 0.02 * c[..., 2] + 0.01
+
+
+def _np_dipole(x, voxel, pad_factor=2.0):
+    """Zero-padded full-spectrum FFT convolution with D (B0 along z, D(0) = 0), cropped back."""
+    pshape = physics.padded_shape(x.shape, pad_factor)
+    d = physics.dipole_kernel(pshape, voxel, (0.0, 0.0, 1.0), d0=0.0)
+    y = np.fft.ifftn(d * np.fft.fftn(x, s=pshape, axes=(0, 1, 2))).real
+    return y[: x.shape[0], : x.shape[1], : x.shape[2]]
+
+
+def _np_terms(chi, phi, target, m, wg, n, norm):
+    """The three INR-QSM terms, written out in numpy (sums over voxels / (n * norm))."""
+    data = np.sum((m * (phi - target)) ** 2) / n / norm
+    smooth = sum(np.sum((wg[a] * np.diff(chi, axis=a)) ** 2) for a in range(3)) / n / norm
+    grad = sum(np.sum((wg[a] * (np.diff(phi, axis=a) - np.diff(target, axis=a))) ** 2) for a in range(3)) / n / norm
+    return data, smooth, grad
+
+
+def _loss_problem(seed=0):
+    rng = np.random.default_rng(seed)
+    shape, voxel = (14, 12, 10), (1.0, 1.2, 1.5)
+    grid = np.meshgrid(*[np.arange(k) - (k - 1) / 2 for k in shape], indexing="ij")
+    mask = sum((g / (0.45 * k)) ** 2 for g, k in zip(grid, shape)) <= 1.0
+    field = (rng.normal(size=shape) * 0.03 * mask).astype(np.float32)
+    # random edge weights in [0, 1] (not symmetric under w -> 1 - w), zero outside the mask pairs
+    pairs = _mod("common").pair_masks(mask)
+    wg = [(rng.random(p.shape) * p).astype(np.float32) for p in pairs]
+    prob = _mod("inr").Problem.build(field, mask, voxel, (0.0, 0.0, 1.0), wg, "cpu")
+    return prob, field, mask, voxel, wg
+
+
+def test_inr_qsm_patch_terms_match_an_independent_numpy_computation():
+    """Data, L2 edge-weighted smoothness and gradient consistency of one patch (and the total
+    with the lambdas), against numpy: dropping a term, flipping a sign or inverting the edge
+    weights fails."""
+    inr, patches_mod, common = _mod("inr"), _mod("patches"), _mod("common")
+    prob, field, mask, voxel, wg = _loss_problem()
+    patch = patches_mod.Patch((2, 1, 1), (10, 9, 8), 0.0)
+    sl = patch.slices
+    rng = np.random.default_rng(1)
+    target = (field[sl] + rng.normal(size=patch.size) * 0.01 * mask[sl]).astype(np.float32)
+    op = common.DipoleOperator(patch.size, voxel, (0.0, 0.0, 1.0), d0=0.0, pad_factor=2.0)
+    norm = inr.loss_normaliser(prob, True)
+    assert norm == pytest.approx(float(np.mean(field[mask].astype(np.float64) ** 2)), rel=1e-6)
+    assert inr.loss_normaliser(prob, False) == 1.0
+    data, smooth, grad = inr.patch_terms(_Analytic(), prob, patch, torch.from_numpy(target), op, mask_chi=True,
+                                         norm=norm)
+    coords = common.normalised_coords(mask.shape, voxel)[sl]
+    chi = _Analytic.numpy(coords.astype(np.float64)) * mask[sl]
+    phi = _np_dipole(chi, voxel)
+    wg_p = [wg[a][inr.diff_slices(patch, a)] for a in range(3)]
+    ref = _np_terms(chi, phi, target, mask[sl], wg_p, np.prod(patch.size), norm)
+    for got, want in zip((data, smooth, grad), ref):
+        assert got.item() == pytest.approx(want, rel=2e-4)
+        assert want > 1e-3                       # every term is alive in this example
+    # the total of a training step: data + lambda_s * smooth + lambda_g * grad
+    net = _Analytic()
+    opt = torch.optim.Adam(net.parameters())
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    sums = inr.train_step(net, opt, scaler, prob, [patch], [torch.from_numpy(field[sl] - target)], op, 0.15, 1.0,
+                          mask_chi=True, norm=norm)
+    # the compensated target is R_p[f] - outside = target
+    np.testing.assert_allclose(sums[1:], ref, rtol=2e-4)
+    assert sums[0] == pytest.approx(ref[0] + 0.15 * ref[1] + 1.0 * ref[2], rel=2e-4)
+
+
+def test_inr_qsm_fast_terms_match_an_independent_numpy_computation():
+    fast = _mod("fast")
+    prob, field, mask, voxel, wg = _loss_problem(seed=2)
+    op = fast.DipoleOperator(mask.shape, voxel, (0.0, 0.0, 1.0), d0=0.0, pad_factor=2.0)
+    loss_fn = fast.FullVolumeLoss(prob, op, 0.15, 0.3)
+    coords = _mod("common").normalised_coords(mask.shape, voxel).astype(np.float64)
+    chi = _Analytic.numpy(coords) * mask
+    loss, terms = loss_fn(torch.from_numpy(chi.astype(np.float32)))
+    phi = _np_dipole(chi, voxel)
+    norm = float(np.sum(mask * field.astype(np.float64) ** 2))   # sum(m f^2): the fast variant's scale
+    ref = _np_terms(chi, phi, field * mask, mask, wg, 1.0, norm)
+    for got, want in zip(terms, ref):
+        assert got.item() == pytest.approx(want, rel=2e-4) and want > 1e-3
+    assert loss.item() == pytest.approx(ref[0] + 0.15 * ref[1] + 0.3 * ref[2], rel=2e-4)
+
+
+def test_siren_output_bias_starts_at_zero():
+    p = {"hidden_features": 64, "sine_layers": 3, "w0_first": 30.0, "w0_hidden": 30.0, "w0_last": 30.0,
+         "output_scale": 1.0}
+    inr = _mod("inr")
+    x = torch.rand(4000, 3) * 2 - 1
+    means, legacy_means = [], []
+    for seed in range(8):
+        net = inr.build_siren(p, seed=seed)
+        legacy = inr.build_siren({**p, "zero_output_bias": False}, seed=seed)
+        assert torch.count_nonzero(net.out.bias) == 0
+        with torch.no_grad():
+            start, old = net(x), legacy(x)
+        # the same network but for the output bias (PyTorch's default: uniform in +-1/sqrt(64))
+        torch.testing.assert_close(start, old - legacy.out.bias, rtol=0, atol=1e-6)
+        means.append(float(start.mean()))
+        legacy_means.append(float(old.mean()))
+    # a fresh network starts near chi = 0 rather than at a random constant of up to 0.125 ppm
+    assert np.sqrt(np.mean(np.square(means))) < 0.03 < np.sqrt(np.mean(np.square(legacy_means)))
+    assert registry.get_method_class("inr_qsm").parameters["zero_output_bias"] is True
+
+
+def test_overlapping_patches_of_the_quick_profile_cover_the_mask():
+    """The quick profile's patches overlap (stride < size along every axis) and together cover
+    every mask voxel of a default-run-sized head; no patch is a lone octant."""
+    from qsmbench.phantom import make_phantom
+
+    p = registry.get_method_class("inr_qsm").resolve_parameters(profile="quick")
+    vol = make_phantom((80, 96, 80), (2.0, 2.0, 2.0), seed=0, oversample=1)
+    patches_mod = _mod("patches")
+    patches = patches_mod.make_patches(vol.mask, p["patch_size"], stride_fraction=p["patch_stride_fraction"],
+                                       min_brain_fraction=p["min_brain_fraction"])
+    cover = patches_mod.coverage(vol.shape, patches)
+    assert np.all(cover[vol.mask] >= 1)
+    assert len(patches) > 8
+    for axis in range(3):
+        starts = sorted({q.start[axis] for q in patches})
+        assert max(np.diff(starts)) < patches[0].size[axis]          # neighbours overlap
+    # most brain voxels are seen by several patches (the field near a patch edge is fitted in
+    # another patch where that voxel is interior)
+    assert np.mean(cover[vol.mask] >= 2) > 0.8
+
+
+def test_warm_start_phantoms_are_of_the_model_asked_for(tmp_path, monkeypatch):
+    """The warm start builds its phantoms with ``model=warm_start_model`` (default "mni")."""
+    from qsmbench import phantom
+
+    class Stop(Exception):
+        pass
+
+    asked = []
+
+    def spy(*args, **kwargs):
+        asked.append(kwargs.get("model"))
+        raise Stop
+
+    monkeypatch.setattr(phantom, "make_phantom", spy)
+    cls = registry.get_method_class("inr_qsm")
+    assert cls.parameters["warm_start_model"] == "mni"
+    params = {**TINY, "warm_start": "phantom", "warm_start_shape": [20, 20, 16], "cache_dir": str(tmp_path)}
+    for model in ("analytic", "mni"):
+        with pytest.raises(Stop):
+            registry.get_method("inr_qsm", **params, warm_start_model=model).prepare([])
+    assert asked == ["analytic", "mni"]
+    keys = set()
+    for model in ("analytic", "mni"):
+        m = registry.get_method("inr_qsm", **params, warm_start_model=model)
+        keys.add(m.warm_start_key(m.warm_start_source([])))
+    assert len(keys) == 2
+    with pytest.raises(ConfigError, match="warm_start_model"):
+        registry.get_method("inr_qsm", warm_start_model="brainweb")

@@ -9,7 +9,7 @@ import importlib
 import numpy as np
 import pytest
 
-from qsmbench import registry
+from qsmbench import physics, registry, seeds
 from qsmbench.contract import contract_volume
 from qsmbench.physics import dipole_kernel, ppm_to_rad
 
@@ -29,6 +29,16 @@ def uqsm(tmp_path, monkeypatch):
     pkg._MEMORY.clear()
     yield cls, pkg, engine
     pkg._MEMORY.clear()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny volumes gain nothing from threads, and on a shared, busy machine torch's spinning
+    worker threads make these tests several times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def tiny(cls, seed=0, **kw):
@@ -199,9 +209,16 @@ def test_training_configuration_changes_the_cache_key(uqsm):
     assert tiny(cls, seed=5).weights_path() == base  # the job seed does not matter
     assert tiny(cls, train_seed=1).weights_path() != base
     assert tiny(cls, width=3).weights_path() != base
+    assert tiny(cls, phase_scale=100.0).weights_path() != base
     vol = contract_volume()
-    assert tiny(cls).weights_path([vol]) != base  # the dataset's own fields count
-    assert tiny(cls, use_train_volumes=False).weights_path([vol]) == tiny(cls, use_train_volumes=False).weights_path()
+    assert tiny(cls).weights_path([vol]) != base  # volumes given to prepare() count
+
+
+def test_cache_key_changes_with_the_training_code_version(uqsm, monkeypatch):
+    cls, pkg, _ = uqsm
+    base = tiny(cls).weights_path()
+    monkeypatch.setattr(pkg, "TRAINING_CODE_VERSION", pkg.TRAINING_CODE_VERSION + "-next")
+    assert tiny(cls).weights_path() != base
 
 
 def test_unreadable_cache_file_is_retrained(uqsm):
@@ -231,10 +248,14 @@ def test_deterministic_with_a_fixed_seed(uqsm):
     np.testing.assert_array_equal(outs[0], outs[1])
 
 
-def test_training_phantoms_never_use_small_dataset_seeds(uqsm):
+def test_training_phantoms_use_reserved_training_seeds(uqsm):
     cls, _, _ = uqsm
     specs = tiny(cls, train_phantoms=20, train_max_tilt_deg=20.0).phantom_specs()
-    assert len({s["seed"] for s in specs}) == 20 and min(s["seed"] for s in specs) >= 1_000_000
+    assert len({s["seed"] for s in specs}) == 20
+    assert all(seeds.role_of(s["seed"]) == "train" for s in specs)
+    assert [s["seed"] for s in specs] == seeds.draw("train", 20, "uqsm")
+    assert [s["seed"] for s in tiny(cls, train_phantoms=3, train_seed=7).phantom_specs()] == \
+        seeds.draw("train", 3, "uqsm-7")
     tilts = [np.degrees(np.arccos(abs(s["b0_dir"][2]))) for s in specs]
     assert max(tilts) <= 20.0 + 1e-9 and max(tilts) > 1.0
     assert all(24 <= n <= 28 for s in specs for n in s["shape"])
@@ -248,3 +269,194 @@ def test_bad_parameters_are_config_errors(uqsm):
         tiny(cls, patch_size=18)  # levels 3: multiples of 4
     with pytest.raises(ConfigError, match="train_voxel_size_mm"):
         tiny(cls, train_voxel_size_mm=[1.0, 0.0, 1.0])
+
+
+# --------------------------------------------------------------------------- the loss against numpy
+class _Fixed(torch.nn.Module):
+    """A 'network' whose output is a given array (it records its input)."""
+
+    def __init__(self, o):
+        super().__init__()
+        self.o = torch.tensor(o, dtype=torch.float32)[None, None]
+        self.seen = None
+
+    def forward(self, x):
+        self.seen = x
+        return self.o.expand(x.shape[0], 1, *self.o.shape[-3:])
+
+
+def _numpy_loss(o, field_ppm, mask, magnitude, voxel, b0, rad_per_ppm, tv_weight, field_scale=100.0,
+                kernel_scale=3.0):
+    """uQSM's loss computed independently: complex exponentials, full-spectrum FFT, np.diff TV."""
+    m = mask.astype(float)
+    w = m * magnitude / magnitude[mask].max()
+    d = dipole_kernel(o.shape, voxel, b0, d0=0.0)
+    # o is chi in network units: chi_ppm = kernel_scale * o / field_scale
+    model_ppm = np.fft.ifftn(d * np.fft.fftn(kernel_scale * m * o)).real / field_scale
+    residual = np.exp(1j * rad_per_ppm * field_ppm * m) - np.exp(1j * rad_per_ppm * model_ppm)
+    data = np.mean(np.abs(w * residual) ** 2)
+    tv = sum(np.abs(np.diff(m * o, axis=a)).sum() for a in range(3)) / o.size
+    return data + tv_weight * tv, data, tv
+
+
+@pytest.mark.parametrize("phase_scale", [None, 100.0])
+def test_loss_terms_match_an_independent_numpy_computation(uqsm, phase_scale):
+    """Data term and TV of one whole-volume patch, through the training path (sampler, scaling),
+    against numpy: dropping a term, flipping a sign, masking differently or scaling the phase
+    otherwise fails."""
+    _, _, engine = uqsm
+    rng = np.random.default_rng(3)
+    # odd size: with an oblique B0 the half-spectrum kernel differs from the full one on even
+    # Nyquist planes
+    n, voxel, b0 = 15, (1.0, 1.0, 1.0), physics.unit_vector((0.0, 0.2, 1.0))
+    b0_t, te = 3.0, 0.025
+    grid = np.meshgrid(*[np.arange(n) - 7.0] * 3, indexing="ij")
+    mask = sum(g**2 for g in grid) < 7.0**2   # ~ 84 % of the cube: the only patch has > 50 % brain
+    chi_true = rng.normal(size=(n,) * 3) * 0.02
+    field = np.fft.ifftn(dipole_kernel((n,) * 3, voxel, b0, d0=0.0) * np.fft.fftn(chi_true * mask)).real
+    field = (field + rng.normal(size=field.shape) * 0.002) * mask
+    magnitude = 0.5 + rng.random(field.shape)
+    o = rng.normal(size=(n,) * 3) * 0.5 + 100.0 / 3.0 * chi_true   # near the truth, not at it
+    tv_weight = 1e-3
+    tvol, _ = engine.as_train_volume(field, mask, magnitude, voxel, b0, b0_t, te, patch=n, min_fraction=0.5,
+                                     phase_scale=phase_scale)
+    sampler = engine.PatchSampler([tvol], n, 100.0, 3.0, np.random.default_rng(0))
+    batch = sampler.batch(1, "cpu")
+    net = _Fixed(o)
+    loss, data, tv = engine.loss_terms(net, batch, tv_weight)
+    # the network sees 100 f inside the mask
+    np.testing.assert_allclose(net.seen[0, 0].numpy(), 100.0 * field * mask, rtol=1e-5, atol=1e-6)
+    s = ppm_to_rad(1.0, b0_t, te) if phase_scale is None else phase_scale
+    ref_loss, ref_data, ref_tv = _numpy_loss(o, field, mask, magnitude, voxel, b0, s, tv_weight)
+    assert data.item() == pytest.approx(ref_data, rel=2e-4)
+    assert tv.item() == pytest.approx(ref_tv, rel=1e-5)
+    assert loss.item() == pytest.approx(ref_loss, rel=2e-4)
+    # each term is far above the tolerance, so dropping either would show
+    assert min(ref_data, tv_weight * ref_tv) > 0.01 * ref_loss
+    # TV of the *masked* output: values outside the mask do not count
+    o_out = o + 50.0 * (~mask)
+    _, _, tv_out = engine.loss_terms(_Fixed(o_out), batch, tv_weight)
+    assert tv_out.item() == pytest.approx(ref_tv, rel=1e-5)
+
+
+def test_the_loss_prefers_chi_to_minus_chi(uqsm):
+    """The training objective's sign: on a phantom patch, the network output that represents the
+    true chi has a far lower loss than its negative (a sign error anywhere in the data term would
+    make uQSM learn -chi)."""
+    cls, _, engine = uqsm
+    from qsmbench.phantom import make_phantom
+
+    vol = make_phantom((32, 32, 32), (1.5, 1.5, 1.5), seed=seeds.draw("train", 1, "test-uqsm-sign")[0])
+    m = tiny(cls, patch_size=32)
+    tvol, _ = engine.as_train_volume(vol.field_ppm, vol.mask, vol.magnitude, vol.voxel_size_mm, vol.b0_dir,
+                                     vol.b0_tesla, vol.te_s, patch=32, min_fraction=0.3)
+    batch = engine.PatchSampler([tvol], 32, 100.0, 3.0, np.random.default_rng(0)).batch(1, "cpu")
+    o = vol.references["chi"] * 100.0 / 3.0
+    plus = engine.loss_terms(_Fixed(o), batch, m.params["tv_weight"])[1].item()
+    minus = engine.loss_terms(_Fixed(-o), batch, m.params["tv_weight"])[1].item()
+    zero = engine.loss_terms(_Fixed(0 * o), batch, m.params["tv_weight"])[1].item()
+    assert plus < 0.2 * zero < 0.2 * minus
+
+
+# --------------------------------------------------------------------------- a quick-trained network
+SMALL = {"width": 4, "levels": 3, "patch_size": 24, "batch_size": 1, "epochs": 2, "steps_per_epoch": 15,
+         "lr": 3e-3, "train_phantoms": 2, "train_shape_min": 32, "train_shape_max": 36, "train_oversample": 1,
+         "train_voxel_size_mm": [1.5, 1.5, 1.5]}
+
+
+@pytest.fixture(scope="module")
+def small_trained():
+    """uQSM trained for a few seconds on training-range phantoms (weights in the test session's
+    cache), and a test-range phantom it never saw."""
+    from qsmbench.phantom import make_phantom
+
+    cls = registry.get_method_class("uqsm")
+    m = cls(profile="quick", seed=0, device="cpu", **SMALL)
+    m.prepare([])
+    vol = make_phantom((48, 48, 48), (1.5, 1.5, 1.5), seed=5)
+    return m, vol
+
+
+def _recovers_chi(chi, vol):
+    """The sanity check a learned inversion must pass: positively correlated with the truth and
+    of the right sign and order of magnitude (slope of chi on the truth)."""
+    truth = vol.references["chi"][vol.mask]
+    est = chi[vol.mask]
+    r = np.corrcoef(est, truth)[0, 1]
+    slope = np.dot(est, truth) / np.dot(truth, truth)
+    return r > 0.5 and 0.2 < slope < 3.0, (r, slope)
+
+
+def test_a_quick_trained_network_recovers_chi_and_records_its_training(small_trained):
+    m, vol = small_trained
+    chi = m.reconstruct(vol.for_method())
+    ok, (r, slope) = _recovers_chi(chi, vol)
+    assert ok, f"r = {r:.3f}, slope = {slope:.3f}"
+    on = m.trained_on
+    assert on["seeds"] == seeds.draw("train", 2, "uqsm") and all(seeds.role_of(s) == "train" for s in on["seeds"])
+    assert on["phantom_model"] and on["phantom_version"] and len(on["shapes"]) == 2 and on["volumes"] == []
+
+
+def test_a_network_that_learned_minus_chi_fails_the_check(small_trained):
+    m, vol = small_trained
+    flipped = registry.get_method_class("uqsm")(profile="quick", seed=0, device="cpu", **SMALL)
+    flipped.prepare([])
+    with torch.no_grad():  # the output layer is linear: negating it makes the network output -o
+        flipped._net.out.weight.neg_()
+        flipped._net.out.bias.neg_()
+    chi = flipped.reconstruct(vol.for_method())
+    np.testing.assert_allclose(chi, -m.reconstruct(vol.for_method()), rtol=1e-5, atol=1e-7)
+    ok, (r, slope) = _recovers_chi(chi, vol)
+    assert not ok and r < 0 and slope < 0
+
+
+def test_training_shows_progress_in_the_log(uqsm, caplog, monkeypatch):
+    cls, _, _ = uqsm
+    import logging
+
+    from qsmbench import progress
+
+    monkeypatch.setattr(progress.sys.stderr, "isatty", lambda: False, raising=False)
+    with caplog.at_level(logging.INFO):
+        tiny(cls, cache=False).prepare([])
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("uqsm training:")]
+    assert lines and "4/4 steps (100 %)" in lines[-1]
+
+
+def test_phase_scale_must_be_positive(uqsm):
+    cls, _, _ = uqsm
+    from qsmbench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="phase_scale"):
+        tiny(cls, phase_scale=0.0)
+    assert cls.resolve_parameters(profile="paper")["phase_scale"] == 100.0
+    assert cls.resolve_parameters(profile="quick")["phase_scale"] is None
+    assert cls.parameters["leaky_slope"] == 0.01
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_training_phantoms_are_of_the_model_asked_for(uqsm, monkeypatch):
+    """The training phantoms are built with ``model=train_model`` (default "mni", the workflow's
+    default phantom), never with whatever make_phantom's default happens to be; it is recorded."""
+    cls, pkg, _ = uqsm
+    from qsmbench.errors import ConfigError
+
+    assert cls.parameters["train_model"] == "mni"
+    assert tiny(cls).describe_training()["phantom_model"] == "mni"
+    asked = []
+
+    def spy(*args, **kwargs):
+        asked.append(kwargs.get("model"))
+        raise _Stop
+
+    monkeypatch.setattr(pkg, "make_phantom", spy)
+    for model in ("analytic", "mni"):
+        with pytest.raises(_Stop):
+            tiny(cls, train_model=model, cache=False).prepare([])
+    assert asked == ["analytic", "mni"]
+    assert tiny(cls, train_model="analytic").weights_path() != tiny(cls).weights_path()
+    with pytest.raises(ConfigError, match="train_model"):
+        tiny(cls, train_model="brainweb")

@@ -96,24 +96,32 @@ def pair_masks(mask: np.ndarray) -> list[np.ndarray]:
 
 
 def edge_weights(chi0: np.ndarray, mask: np.ndarray, *, low_percentile: float = 50.0,
-                 high_percentile: float = 70.0) -> list[np.ndarray]:
+                 high_percentile: float = 70.0, pooled: bool = True) -> list[np.ndarray]:
     """Edge weights WG_j (one array per axis, shape of the forward difference along j).
 
-    ``|grad_j chi0|`` is ramped over the mask: weight 1 at or below its ``low_percentile``, 0 at or
-    above its ``high_percentile``, linear in between; zero where the difference leaves the mask.
+    ``|grad_j chi0|`` is ramped over the mask: weight 1 at or below the ``low_percentile``, 0 at or
+    above the ``high_percentile``, linear in between; zero where the difference leaves the mask.
+    ``pooled`` (default, as the authors' preprocessing): one pair of percentiles of the
+    gradient magnitudes of all three directions together; otherwise a pair per axis.
     """
     if not 0 <= low_percentile < high_percentile <= 100:
         raise ConfigError(f"edge percentiles must satisfy 0 <= low < high <= 100, got "
                           f"{low_percentile}, {high_percentile}")
     chi0 = np.asarray(chi0, dtype=np.float64)
+    pairs = pair_masks(mask)
+    grads = [np.abs(np.diff(chi0, axis=axis)) for axis in range(3)]
+    if pooled:
+        vals = np.concatenate([g[pair] for g, pair in zip(grads, pairs)])
+        thresholds = [np.percentile(vals, [low_percentile, high_percentile]) if vals.size else None] * 3
+    else:
+        thresholds = [np.percentile(g[pair], [low_percentile, high_percentile]) if pair.any() else None
+                      for g, pair in zip(grads, pairs)]
     weights = []
-    for axis, pair in enumerate(pair_masks(mask)):
-        g = np.abs(np.diff(chi0, axis=axis))
-        vals = g[pair]
-        if vals.size == 0:
+    for g, pair, th in zip(grads, pairs, thresholds):
+        if th is None:
             weights.append(np.zeros(g.shape, np.float32))
             continue
-        lo, hi = np.percentile(vals, [low_percentile, high_percentile])
+        lo, hi = th
         if hi > lo:
             w = np.clip((hi - g) / (hi - lo), 0.0, 1.0)
         else:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from qsmbench.errors import ConfigError
+from qsmbench.progress import Progress
 
 from .common import DipoleOperator, field_noise_ppm, forward_diff, half_extents, log, torch_device
 from .inr import Problem
@@ -151,6 +152,7 @@ def fit_fast(prob: Problem, p: Mapping[str, Any], *, device: torch.device | str,
     stopped = False
     t_start = time.perf_counter()
     step = 0
+    progress = Progress(max_steps, "inr_qsm_fast fit", logger=log)
     for step in range(1, max_steps + 1):
         lw = level_weights(step - 1, ramp, net.levels)
         net.level_weights = None if lw is None else lw.to(device)
@@ -162,6 +164,7 @@ def fit_fast(prob: Problem, p: Mapping[str, Any], *, device: torch.device | str,
                "grad": grad.item(), "seconds": time.perf_counter() - t_start}
         history.append(row)
         data_hist.append(row["data"])
+        progress.update(1, {"loss": row["loss"]})
         if step % max(1, int(p["log_every"])) == 0 or step == 1:
             log.info("inr_qsm_fast step %d/%d  loss %.4g (data %.4g, smooth %.4g, grad %.4g)  %.1f s", step,
                      max_steps, row["loss"], row["data"], row["smooth"], row["grad"], row["seconds"])
@@ -170,6 +173,8 @@ def fit_fast(prob: Problem, p: Mapping[str, Any], *, device: torch.device | str,
             log.info("inr_qsm_fast: data term plateaued at step %d (best of the last %d steps improved "
                      "< %.3g relative); stopping", step, window, tol)
             break
+    progress.total = step  # an early stop ends the bar where it stopped
+    progress.close()
     net.level_weights = None
     net.eval()
     with torch.no_grad():

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
 from qsmbench.errors import ConfigError
+from qsmbench.progress import Progress
 
 from .common import DipoleOperator, amp_settings, forward_diff, int_list, log, normalised_coords, torch_device
 from .networks import Siren, seeded_build
@@ -46,7 +47,19 @@ def build_siren(p: Mapping[str, Any], seed: int) -> Siren:
     return seeded_build(seed, lambda: Siren(hidden_features=int(p["hidden_features"]),
                                             sine_layers=int(p["sine_layers"]), w0_first=p["w0_first"],
                                             w0_hidden=p["w0_hidden"], w0_last=p["w0_last"],
-                                            output_scale=p["output_scale"]))
+                                            output_scale=p["output_scale"],
+                                            zero_output_bias=bool(p.get("zero_output_bias", True))))
+
+
+def loss_normaliser(prob: Problem, normalise: bool) -> float:
+    """``mean(f^2)`` over the mask (ppm^2) when ``normalise``, else 1: every term of the loss is
+    divided by it, so the loss is O(1) whatever the field's scale (its gradients stay far above
+    Adam's eps) and the minimiser is unchanged."""
+    if not normalise:
+        return 1.0
+    m = prob.mask
+    power = float(prob.field[m].double().square().mean().item()) if bool(m.any()) else 0.0
+    return power if power > 0 else 1.0
 
 
 def predict(net: torch.nn.Module, prob: Problem, *, mask_chi: bool, chunk_points: int) -> torch.Tensor:
@@ -88,9 +101,9 @@ def diff_slices(patch: Patch, axis: int) -> tuple[slice, slice, slice]:
 
 
 def patch_terms(net: torch.nn.Module, prob: Problem, patch: Patch, target: torch.Tensor, op_patch: DipoleOperator,
-                *, mask_chi: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                *, mask_chi: bool, norm: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(data, smoothness, gradient consistency) of one patch, each a sum divided by the patch's
-    voxel count (a mean, as ``mse_loss`` would give)::
+    voxel count (a mean, as ``mse_loss`` would give) and by ``norm`` (:func:`loss_normaliser`)::
 
         data   = |m (D*chi_p - f~_p)|^2
         smooth = sum_j |WG_j grad_j chi_p|^2
@@ -104,7 +117,7 @@ def patch_terms(net: torch.nn.Module, prob: Problem, patch: Patch, target: torch
     else:
         chi = net(prob.coords[sl].reshape(-1, 3)).float().view(patch.size)
     phi = op_patch(chi)
-    n = float(np.prod(patch.size))
+    n = float(np.prod(patch.size)) * float(norm)
     data = ((phi - target) * m).square().sum() / n
     smooth = chi.new_zeros(())
     grad = chi.new_zeros(())
@@ -117,7 +130,7 @@ def patch_terms(net: torch.nn.Module, prob: Problem, patch: Patch, target: torch
 
 def train_step(net, opt, scaler, prob: Problem, batch: Sequence[Patch], outside: Sequence[torch.Tensor | None],
                op_patch: DipoleOperator, lam_s: float, lam_g: float, *, mask_chi: bool,
-               amp: tuple[bool, torch.dtype] = (False, torch.float16)) -> np.ndarray:
+               amp: tuple[bool, torch.dtype] = (False, torch.float16), norm: float = 1.0) -> np.ndarray:
     """One Adam step on a batch of patches; returns the summed (loss, data, smooth, grad)."""
     use_amp, amp_dtype = amp
     device_type = prob.field.device.type
@@ -126,7 +139,7 @@ def train_step(net, opt, scaler, prob: Problem, batch: Sequence[Patch], outside:
     for patch, out in zip(batch, outside):
         target = compensated_target(prob, patch, out)
         with torch.autocast(device_type=device_type, dtype=amp_dtype, enabled=use_amp):
-            data, smooth, grad = patch_terms(net, prob, patch, target, op_patch, mask_chi=mask_chi)
+            data, smooth, grad = patch_terms(net, prob, patch, target, op_patch, mask_chi=mask_chi, norm=norm)
         loss = data + lam_s * smooth + lam_g * grad
         total = loss if total is None else total + loss
         sums += [loss.item(), data.item(), smooth.item(), grad.item()]
@@ -142,17 +155,22 @@ class FitResult:
     history: list[dict[str, Any]]      # one row per epoch
     state: dict[str, torch.Tensor]     # network weights (CPU)
     patches: list[Patch]
+    norm: float = 1.0                  # the loss normaliser (ppm^2), see loss_normaliser
 
 
 def fit(prob: Problem, p: Mapping[str, Any], *, device: torch.device | str, seed: int, epochs: int | None = None,
-        init_state: Mapping[str, torch.Tensor] | None = None) -> FitResult:
-    """Fit a SIREN to one subject with INR-QSM's patch loss; ``p`` holds the method parameters."""
+        init_state: Mapping[str, torch.Tensor] | None = None, label: str = "inr_qsm fit",
+        on_epoch: Callable[[dict[str, Any], torch.nn.Module, Problem], None] | None = None) -> FitResult:
+    """Fit a SIREN to one subject with INR-QSM's patch loss; ``p`` holds the method parameters
+    (``epochs`` overrides ``p["epochs"]``); progress goes to a bar or the log (``label``).
+    ``on_epoch(row, net, prob)`` is called after each epoch (benchmarks trace the error with it)."""
     device = torch_device(str(device))
     epochs = int(p["epochs"] if epochs is None else epochs)
     if epochs < 1:
         raise ConfigError(f"inr_qsm: epochs must be >= 1, got {epochs}")
     if not (p["lr_start"] > 0 and p["lr_end"] > 0):
         raise ConfigError("inr_qsm: lr_start and lr_end must be positive")
+    norm = loss_normaliser(prob, bool(p.get("normalise_loss", True)))
     every = int(p["compensate_every"])
     if p["phase_compensation"] and every < 1:
         raise ConfigError(f"inr_qsm: compensate_every must be >= 1, got {every}")
@@ -184,6 +202,7 @@ def fit(prob: Problem, p: Mapping[str, Any], *, device: torch.device | str, seed
              int(p["sine_layers"]), int(p["hidden_features"]), epochs, device,
              ", mixed precision" if use_amp else "")
     t_start = time.perf_counter()
+    progress = Progress(epochs * len(patches), label, unit="patch step", logger=log)
     for epoch in range(epochs):
         t0 = time.perf_counter()
         compensated = bool(p["phase_compensation"]) and epoch % every == 0 and (epoch > 0 or init_state is not None)
@@ -198,7 +217,8 @@ def fit(prob: Problem, p: Mapping[str, Any], *, device: torch.device | str, seed
         for start in range(0, len(order), batch):
             idx = order[start:start + batch]
             sums += train_step(net, opt, scaler, prob, [patches[i] for i in idx], [outside[i] for i in idx],
-                               op_patch, lam_s, lam_g, mask_chi=p["mask_chi"], amp=(use_amp, amp_dtype))
+                               op_patch, lam_s, lam_g, mask_chi=p["mask_chi"], amp=(use_amp, amp_dtype), norm=norm)
+            progress.update(len(idx), {"epoch": epoch + 1})
         row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "compensated": compensated,
                "seconds": time.perf_counter() - t0,
                **dict(zip(("loss", "data", "smooth", "grad"), (sums / len(patches)).tolist()))}
@@ -207,8 +227,11 @@ def fit(prob: Problem, p: Mapping[str, Any], *, device: torch.device | str, seed
         log.info("inr_qsm epoch %d/%d  loss %.4g (data %.4g, smooth %.4g, grad %.4g)  lr %.3g%s  %.2f s",
                  epoch + 1, epochs, row["loss"], row["data"], row["smooth"], row["grad"], row["lr"],
                  "  [phase compensation]" if compensated else "", row["seconds"])
+        if on_epoch is not None:
+            on_epoch(row, net, prob)
+    progress.close()
     net.eval()
     chi = predict(net, prob, mask_chi=p["mask_chi"], chunk_points=p["chunk_points"]) * prob.mask
-    log.info("inr_qsm: done in %.1f s", time.perf_counter() - t_start)
+    log.info("inr_qsm: done in %.1f s (final loss %.4g)", time.perf_counter() - t_start, history[-1]["loss"])
     state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-    return FitResult(chi.cpu().numpy().astype(np.float32), history, state, patches)
+    return FitResult(chi.cpu().numpy().astype(np.float32), history, state, patches, norm)

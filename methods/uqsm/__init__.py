@@ -15,24 +15,26 @@ from typing import Any
 
 import numpy as np
 
-from qsmbench import __version__
+from qsmbench import __version__, seeds
 from qsmbench.errors import ConfigError
 from qsmbench.method import Method
-from qsmbench.phantom import PHANTOM_VERSION, make_phantom
+from qsmbench.phantom import MODELS, PHANTOM_VERSION, make_phantom
 from qsmbench.physics import tilted_b0_dir
 from qsmbench.volume import Volume
 
 log = logging.getLogger(__name__)
 
 #: Bump when the training code changes what a given configuration learns (invalidates caches).
-TRAINING_CODE_VERSION = "1"
+#: 2: TV of the masked output, training phantoms from the reserved train seed range, phase_scale.
+#: 3: the phantom model is a parameter (train_model, default "mni"), passed to make_phantom.
+TRAINING_CODE_VERSION = "3"
 
 #: Parameters that determine the trained weights (the cache key); the others act at inference.
 TRAINING_KEYS = (
-    "width", "levels", "leaky_slope", "field_scale", "kernel_scale", "tv_weight", "patch_size",
+    "width", "levels", "leaky_slope", "field_scale", "kernel_scale", "phase_scale", "tv_weight", "patch_size",
     "min_brain_fraction", "batch_size", "epochs", "steps_per_epoch", "lr", "lr_decay",
-    "train_phantoms", "train_shape_min", "train_shape_max", "train_voxel_size_mm", "train_oversample",
-    "train_max_tilt_deg", "train_b0_tesla", "train_te_s", "train_seed", "use_train_volumes",
+    "train_phantoms", "train_model", "train_shape_min", "train_shape_max", "train_voxel_size_mm", "train_oversample",
+    "train_max_tilt_deg", "train_b0_tesla", "train_te_s", "train_seed",
 )
 
 # Weights trained in this process, by weights file: the contract tests and benchmarks prepare the
@@ -105,32 +107,53 @@ class UQSM(Method):
 
     Network
         ``levels`` (5) levels with ``width * 2**l`` channels (24-48-96-192-384), one 3x3x3
-        convolution + LeakyReLU per level and direction, max pooling, nearest-neighbour
-        upsampling with skip concatenation, a 1x1x1 linear output ``o``.
+        convolution + LeakyReLU (slope ``leaky_slope`` = 0.01, the framework default that the
+        authors' code uses) per level and direction, max pooling, nearest-neighbour upsampling
+        with skip concatenation, a 1x1x1 linear output ``o``.
     Scaling (as in the paper)
         The network sees ``field_scale * f`` (``100 f_ppm``) inside the mask; its output is in
         units where the dipole kernel is ``kernel_scale * D`` (``3 D``), so
         ``chi_ppm = kernel_scale * o / field_scale`` (``3 o / 100``).  ``D(0) = 0``.
     Loss (unsupervised, per training patch)
-        ``mean_voxels W^2 |e^{i phi} - e^{i phi_model}|^2 + tv_weight * TV1(o)`` with
-        ``phi = ppm_to_rad(f)`` and ``phi_model = ppm_to_rad(F^-1[3 D F(m o)] / 100)``, i.e. the
-        phase each field accrues at the training volume's own B0 and TE (nothing hard-coded:
-        for 3 T and 25 ms one ppm is 20.06 rad).  ``W = m * magnitude / max(magnitude in m)``
-        (``W = m`` without magnitude); TV1 is the anisotropic TV of ``o`` (per-voxel forward
-        differences, averaged over voxels).  The dipole kernel is built for the *patch* grid with
-        the volume's voxel size and B0 direction and applied by circular FFT without padding:
-        the non-local shortcut that INR-QSM's phase compensation addresses.  It is kept on
-        purpose: this is the baseline.
+        ``mean_voxels W^2 |e^{i phi} - e^{i phi_model}|^2 + tv_weight * TV1(m o)`` with
+        ``phi = s f`` and ``phi_model = s F^-1[3 D F(m o)] / 100``, ``s`` the phase per ppm of
+        field (``phase_scale``, below).  ``W = m * magnitude / max(magnitude in m)`` (``W = m``
+        without magnitude).  TV1 is the anisotropic TV of the *masked* output ``m o`` (as the
+        authors' code, which masks chi before both terms): per-voxel forward differences summed
+        over the three axes and averaged over voxels (the code averages each axis's differences
+        on the ``(N-1)^3`` corner block: the same up to O(1/N)).  The dipole kernel is built for
+        the *patch* grid with the volume's voxel size and B0 direction and applied by circular
+        FFT without padding: the non-local shortcut that INR-QSM's phase compensation addresses.
+        It is kept on purpose: this is the baseline.
+    Phase per ppm (``phase_scale``)
+        The paper's data term is the nonlinear dipole inversion's phase consistency
+        ``|W (e^{i phi} - e^{i d * chi})|^2``, with ``phi`` the measured local phase in radians;
+        that reading is ``s = 2 pi gamma_bar B0 TE`` of each training volume (``phase_scale`` =
+        None, the default: 20.06 rad/ppm at 3 T and 25 ms), and it is what the equations say.
+        The authors' code instead converts the field to ppm and takes ``e^{i 100 f_ppm}``, i.e.
+        a fixed 100 rad/ppm whatever B0 and TE -- about 5x the physical phase of their 3 T, 25 ms
+        data, which weighs the data term about 25x more against TV (for small residuals the
+        term is ``s^2 |residual|^2``) and wraps the phase of fields beyond +-0.03 ppm.  The
+        ``paper`` profile reproduces the code (``phase_scale = 100``); a number fixes ``s`` in
+        rad/ppm.
     Training (``prepare``, untimed)
-        Unlabelled fields only: ``train_phantoms`` embedded head phantoms with seeds and shapes
-        drawn from ``train_seed`` (each axis uniform in ``[train_shape_min, train_shape_max]``,
-        voxel size ``train_voxel_size_mm``, B0 tilted by up to ``train_max_tilt_deg`` about a
-        random transverse axis, acquisition ``train_b0_tesla``/``train_te_s``), plus the
-        volumes passed to ``prepare`` when ``use_train_volumes`` (the dataset's own fields, with
-        their own geometry, B0 and TE).  No reference chi is ever read.  Random
-        ``patch_size``-cubes with more than ``min_brain_fraction`` brain, Adam with learning rate
-        ``lr`` times ``lr_decay`` per epoch, ``epochs`` x ``steps_per_epoch`` steps of
-        ``batch_size`` patches.
+        Unlabelled fields only: ``train_phantoms`` embedded head phantoms of the model
+        ``train_model`` (default ``"mni"``, the default phantom of the workflow) whose seeds are drawn
+        from the reserved *training* range (:func:`qsmbench.seeds.draw`, stream ``"uqsm"``, or
+        ``"uqsm-<train_seed>"`` when ``train_seed`` is not 0), shapes and B0 tilts drawn from
+        ``train_seed`` (each axis uniform in ``[train_shape_min, train_shape_max]``, voxel size
+        ``train_voxel_size_mm``, B0 tilted by up to ``train_max_tilt_deg`` about a random
+        transverse axis, acquisition ``train_b0_tesla``/``train_te_s``), plus any volumes passed
+        to ``prepare`` by an API caller (their own geometry, B0 and TE; hashed into the cache key).
+        The workflow passes none: the benchmark's datasets are test subjects, and training on
+        them -- even without labels -- would make uQSM transductive, unlike the paper (trained on
+        one set of subjects, tested on others) and unlike the seed discipline of
+        :mod:`qsmbench.seeds`.  No reference chi is ever read.  What was trained on (phantom
+        model and version, seeds, shapes, volumes) is ``self.trained_on`` (copied into
+        run.json).  Random ``patch_size``-cubes with more than ``min_brain_fraction`` brain,
+        Adam with learning rate ``lr`` times ``lr_decay`` per epoch, ``epochs`` x
+        ``steps_per_epoch`` steps of ``batch_size`` patches, with a progress bar (or periodic log
+        lines when stderr is not a terminal) showing the time left.
     Generalisation
         TE and B0 enter only the data term's phase (per training volume) -- the network maps
         ppm to ppm, so it applies unchanged to any acquisition.  Isotropic voxel size does not
@@ -153,30 +176,33 @@ class UQSM(Method):
 
     Parameters
     ----------
-    width, levels, leaky_slope : network (LeakyReLU slope not stated in the paper: 0.1).
+    width, levels, leaky_slope : network (24, 5, 0.01).
     field_scale, kernel_scale : the paper's scaling (100 and 3).
-    tv_weight : weight of TV1(o) (0.001).
+    phase_scale : radians of phase per ppm of field in the data term; None (default) = the
+        physical phase of each training volume's B0 and TE; ``paper`` profile 100 (the code).
+    tv_weight : weight of TV1(m o) (0.001).
     patch_size, min_brain_fraction, batch_size, epochs, steps_per_epoch, lr, lr_decay : training
         (96, 0.5, -, 10, -, 1e-4, 0.8; batch size and patches per epoch are not stated: 2, 1000).
-    train_* , use_train_volumes : the training data (above).
+    train_* : the training data (above); ``train_model`` "mni" (default) or "analytic".
     cache : read/write the weights cache.
 
-    Profiles: ``paper`` (the defaults: published settings, meant for a GPU); ``quick`` (CI and
-    the offline default run: 8-16-32-64-128 channels, 48^3 patches, 6 epochs x 50 steps of 2
-    patches at learning rate 1e-3, 8 phantoms of 64-96 voxels per axis; about a minute on 2 idle
-    CPU cores, several on a busy one); ``cpu`` (12 channels, 10 x 60 steps, 12 phantoms of
-    64-112 voxels: a few minutes on 2 idle cores).  Patches smaller than about 48^3 train *worse*
-    the longer they train on these phantoms (the patch-circular data term then rewards spurious
-    sources), so even ``quick`` keeps 48^3.
+    Profiles: ``paper`` (the published settings and the code's ``phase_scale = 100``, meant for
+    a GPU); ``quick`` (CI and the offline default run: 8-16-32-64-128 channels, 48^3 patches,
+    6 epochs x 50 steps of 2 patches at learning rate 1e-3, 8 phantoms of 64-96 voxels per axis;
+    about two minutes on 2 idle CPU cores, several on a busy one); ``cpu`` (12 channels,
+    10 x 60 steps, 12 phantoms of 64-112 voxels: a few minutes on 2 idle cores).  Patches smaller
+    than about 48^3 train *worse* the longer they train on these phantoms (the patch-circular
+    data term then rewards spurious sources), so even ``quick`` keeps 48^3.
     """
 
     name = "uqsm"
     parameters = {
         "width": 24,
         "levels": 5,
-        "leaky_slope": 0.1,
+        "leaky_slope": 0.01,
         "field_scale": 100.0,
         "kernel_scale": 3.0,
+        "phase_scale": None,
         "tv_weight": 1e-3,
         "patch_size": 96,
         "min_brain_fraction": 0.5,
@@ -186,6 +212,7 @@ class UQSM(Method):
         "lr": 1e-4,
         "lr_decay": 0.8,
         "train_phantoms": 24,
+        "train_model": "mni",
         "train_shape_min": 144,
         "train_shape_max": 176,
         "train_voxel_size_mm": [1.0, 1.0, 1.0],
@@ -194,11 +221,11 @@ class UQSM(Method):
         "train_b0_tesla": 3.0,
         "train_te_s": 0.025,
         "train_seed": 0,
-        "use_train_volumes": True,
         "cache": True,
     }
+    parameter_types = {"phase_scale": float}
     profiles = {
-        "paper": {},
+        "paper": {"phase_scale": 100.0},
         "cpu": {"width": 12, "patch_size": 48, "batch_size": 2, "epochs": 10, "steps_per_epoch": 60,
                 "lr": 1e-3, "train_phantoms": 12, "train_shape_min": 64, "train_shape_max": 112,
                 "train_oversample": 1},
@@ -237,11 +264,17 @@ class UQSM(Method):
         if p["train_phantoms"] < 0 or p["train_shape_max"] < p["train_shape_min"] or p["train_shape_min"] < 8:
             raise ConfigError("uqsm: need train_phantoms >= 0 and 8 <= train_shape_min <= train_shape_max, got "
                               f"{p['train_phantoms']}, {p['train_shape_min']}, {p['train_shape_max']}")
+        if p["train_model"] not in MODELS or p["train_model"] == "brainweb":
+            raise ConfigError(f"uqsm: train_model must be 'mni' or 'analytic' (a phantom model of "
+                              f"qsmbench.phantom), got {p['train_model']!r}")
         if not 0.0 <= p["min_brain_fraction"] < 1.0:
             raise ConfigError(f"uqsm: min_brain_fraction must be in [0, 1), got {p['min_brain_fraction']}")
         for key in ("field_scale", "kernel_scale", "lr", "lr_decay", "train_b0_tesla", "train_te_s"):
             if not p[key] > 0:
                 raise ConfigError(f"uqsm: parameter '{key}' must be positive, got {p[key]}")
+        if p["phase_scale"] is not None and not p["phase_scale"] > 0:
+            raise ConfigError(f"uqsm: phase_scale must be positive (rad/ppm) or null (physical), got "
+                              f"{p['phase_scale']!r}")
         if p["tv_weight"] < 0 or not 0 <= p["train_max_tilt_deg"] <= 90:
             raise ConfigError("uqsm: tv_weight must be >= 0 and train_max_tilt_deg in [0, 90]")
         try:
@@ -262,21 +295,27 @@ class UQSM(Method):
             "qsmbench_version": __version__,
             "phantom_version": PHANTOM_VERSION,
             "params": {k: p[k] for k in TRAINING_KEYS},
-            "train_volumes": [volume_digest(v) for v in train] if p["use_train_volumes"] else [],
+            "train_volumes": [volume_digest(v) for v in train],
         }
 
     def weights_path(self, train: Sequence[Volume] = ()) -> Path:
         return cache_dir() / "uqsm" / f"{training_hash(self.training_config(train))}.pt"
 
     # ------------------------------------------------------------------ training data
+    def train_seeds(self) -> list[int]:
+        """Seeds of the training phantoms: reserved training-range seeds (:mod:`qsmbench.seeds`)."""
+        p = self.params
+        stream = "uqsm" if p["train_seed"] == 0 else f"uqsm-{p['train_seed']}"
+        return seeds.draw("train", p["train_phantoms"], stream)
+
     def phantom_specs(self) -> list[dict[str, Any]]:
-        """Seeds, shapes and B0 directions of the training phantoms (drawn from ``train_seed``)."""
+        """Seeds (from the training range), shapes and B0 directions (drawn from ``train_seed``) of
+        the training phantoms."""
         p = self.params
         rng = np.random.default_rng([p["train_seed"], 0x75514D])
         specs = []
-        for _ in range(p["train_phantoms"]):
+        for seed in self.train_seeds():
             shape = tuple(int(n) for n in rng.integers(p["train_shape_min"], p["train_shape_max"] + 1, 3))
-            seed = int(rng.integers(1_000_000, 2**31 - 1))  # far from the small seeds datasets use
             b0 = (0.0, 0.0, 1.0)
             if p["train_max_tilt_deg"] > 0:
                 theta = float(rng.uniform(0.0, p["train_max_tilt_deg"]))
@@ -284,6 +323,22 @@ class UQSM(Method):
                 b0 = tuple(float(x) for x in tilted_b0_dir(theta, axis=(np.cos(phi), np.sin(phi), 0.0)))
             specs.append({"shape": shape, "seed": seed, "b0_dir": b0})
         return specs
+
+    def describe_training(self, train: Sequence[Volume] = ()) -> dict[str, Any]:
+        """``trained_on``: the phantom model/version, seeds, shapes and any API-given volumes."""
+        p = self.params
+        specs = self.phantom_specs()
+        return {
+            "what": "uqsm weights (unsupervised; fields only, no chi)",
+            "phantom_model": p["train_model"],
+            "phantom_version": PHANTOM_VERSION,
+            "seeds": [s["seed"] for s in specs],
+            "seed_stream": "uqsm" if p["train_seed"] == 0 else f"uqsm-{p['train_seed']}",
+            "shapes": [list(s["shape"]) for s in specs],
+            "voxel_size_mm": list(p["train_voxel_size_mm"]),
+            "b0_dirs": [list(s["b0_dir"]) for s in specs],
+            "volumes": [{"name": v.name, "digest": volume_digest(v)} for v in train],
+        }
 
     def _training_volumes(self, train: Sequence[Volume]):
         engine = _torch_engine()
@@ -293,20 +348,20 @@ class UQSM(Method):
         def add(v: Volume, what: str):
             tv, frac = engine.as_train_volume(v.field_ppm, v.mask, v.magnitude, v.voxel_size_mm, v.b0_dir,
                                               v.b0_tesla, v.te_s, patch=p["patch_size"],
-                                              min_fraction=p["min_brain_fraction"])
+                                              min_fraction=p["min_brain_fraction"], phase_scale=p["phase_scale"])
             if frac <= p["min_brain_fraction"]:
                 self.notes.append(f"{what}: no {p['patch_size']}^3 patch holds > {p['min_brain_fraction']:.0%} "
                                   f"brain; used the best ones ({frac:.0%})")
             out.append(tv)
 
         for spec in self.phantom_specs():
-            vol = make_phantom(spec["shape"], p["train_voxel_size_mm"], seed=spec["seed"], b0_dir=spec["b0_dir"],
+            vol = make_phantom(spec["shape"], p["train_voxel_size_mm"], model=p["train_model"], seed=spec["seed"],
+                               b0_dir=spec["b0_dir"],
                                b0_tesla=p["train_b0_tesla"], te_s=p["train_te_s"],
                                oversample=p["train_oversample"])
             add(vol, f"training phantom seed {spec['seed']}")
-        if p["use_train_volumes"]:
-            for v in train:
-                add(v, f"training volume '{v.name}'")
+        for v in train:
+            add(v, f"training volume '{v.name}'")
         if not out:
             raise ConfigError("uqsm: no training data (train_phantoms = 0 and no training volumes)")
         return out
@@ -317,7 +372,7 @@ class UQSM(Method):
         engine = _torch_engine()
         _limit_threads()
         p = self.params
-        train = list(train) if p["use_train_volumes"] else []
+        train = list(train)
         config = self.training_config(train)
         key = training_hash(config)
         path = cache_dir() / "uqsm" / f"{key}.pt"
@@ -338,12 +393,14 @@ class UQSM(Method):
                 self._save(path, state, config, record)
         else:
             self.notes.append(f"uqsm weights from the cache ({path.name})")
+            record["trained_then"] = self._sidecar_record(path)
         if p["cache"]:
             _MEMORY[str(path)] = state
         net = engine.build_net(p)
         net.load_state_dict(state)
         self._net = net.to(self.device).eval()
         self.training_record = record
+        self.trained_on = self.describe_training(train)
 
     def reconstruct(self, vol: Volume) -> np.ndarray:
         if self._net is None:
@@ -368,6 +425,14 @@ class UQSM(Method):
             self.notes.append(f"cached weights {path} unreadable ({type(exc).__name__}: {exc}); retrained")
             log.warning("uqsm: cannot read %s (%s); training again", path, exc)
             return None
+
+    @staticmethod
+    def _sidecar_record(path: Path) -> dict:
+        """The training record saved beside cached weights (history, timings), or {}."""
+        try:
+            return dict(json.loads(path.with_suffix(".json").read_text()).get("record", {}))
+        except (OSError, ValueError, AttributeError):
+            return {}
 
     def _save(self, path: Path, state: dict, config: dict, record: dict) -> None:
         import torch  # noqa: PLC0415

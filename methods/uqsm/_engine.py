@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qsmbench.physics import dipole_kernel, ppm_to_rad
+from qsmbench.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ class UNet(nn.Module):
     must be multiples of ``2**(levels - 1)``.
     """
 
-    def __init__(self, width: int = 24, levels: int = 5, in_channels: int = 1, leaky_slope: float = 0.1):
+    def __init__(self, width: int = 24, levels: int = 5, in_channels: int = 1, leaky_slope: float = 0.01):
         super().__init__()
         ch = [width * 2**i for i in range(levels)]
         self.slope = float(leaky_slope)
@@ -108,7 +109,7 @@ class TrainVolume:
     weight: np.ndarray         # W = magnitude / max inside m, times m (float32)
     voxel_size_mm: tuple
     b0_dir: tuple
-    rad_per_ppm: float         # ppm_to_rad(1, B0, TE)
+    rad_per_ppm: float         # phase per ppm in the data term: ppm_to_rad(1, B0, TE) or phase_scale
     corners: np.ndarray        # (n, 3) valid patch corners
 
 
@@ -150,16 +151,18 @@ def pad_to_patch(arr: np.ndarray, patch: int) -> np.ndarray:
 
 
 def as_train_volume(field_ppm, mask, magnitude, voxel_size_mm, b0_dir, b0_tesla, te_s, *, patch: int,
-                    min_fraction: float) -> tuple[TrainVolume, float]:
+                    min_fraction: float, phase_scale: float | None = None) -> tuple[TrainVolume, float]:
     """A training volume (padded to at least one patch) and the smallest brain fraction of its
-    usable patch positions."""
+    usable patch positions.  The data term's phase per ppm is ``phase_scale`` (rad/ppm) or, when
+    None, the physical ``ppm_to_rad(1, b0_tesla, te_s)``."""
     mask = np.asarray(mask, bool)
     weight = magnitude_weight(magnitude, mask)
     field = np.asarray(field_ppm, np.float32) * mask
     field, mask, weight = (pad_to_patch(a, patch) for a in (field, mask, weight))
     corners, frac = patch_corners(mask, patch, min_fraction)
+    rad_per_ppm = float(ppm_to_rad(1.0, b0_tesla, te_s)) if phase_scale is None else float(phase_scale)
     tv = TrainVolume(field, mask, weight, tuple(float(v) for v in voxel_size_mm),
-                     tuple(float(b) for b in b0_dir), float(ppm_to_rad(1.0, b0_tesla, te_s)), corners)
+                     tuple(float(b) for b in b0_dir), rad_per_ppm, corners)
     return tv, frac
 
 
@@ -206,9 +209,10 @@ class PatchSampler:
 
 # --------------------------------------------------------------------------- training
 def loss_terms(net: UNet, batch: dict[str, torch.Tensor], tv_weight: float) -> tuple[torch.Tensor, ...]:
+    """(loss, data term, TV) of a batch, each the mean over its patches; TV of the masked output."""
     o = net(batch["input"])
     data = data_term(o, batch["phase"], batch["weight"], batch["mask"], batch["kernel"], batch["rad_per_unit"])
-    tv = total_variation(o)
+    tv = total_variation(o * batch["mask"])
     return (data + tv_weight * tv).mean(), data.mean(), tv.mean()
 
 
@@ -226,15 +230,17 @@ def train(p: dict, volumes: Sequence[TrainVolume], *, device: str, seed: int) ->
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=p["lr_decay"])
     history = []
     t0 = time.perf_counter()
+    progress = Progress(p["epochs"] * p["steps_per_epoch"], "uqsm training", logger=log)
     for epoch in range(p["epochs"]):
         running = np.zeros(3)
-        for _ in range(p["steps_per_epoch"]):
+        for step in range(p["steps_per_epoch"]):
             batch = sampler.batch(p["batch_size"], device)
             loss, data, tv = loss_terms(net, batch, p["tv_weight"])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             running += [loss.item(), data.item(), tv.item()]
+            progress.update(1, {"epoch": epoch + 1, "loss": running[0] / (step + 1)})
         running /= max(1, p["steps_per_epoch"])
         history.append({"epoch": epoch + 1, "loss": float(running[0]), "data": float(running[1]),
                         "tv": float(running[2]),
@@ -242,6 +248,7 @@ def train(p: dict, volumes: Sequence[TrainVolume], *, device: str, seed: int) ->
         log.info("uqsm epoch %d/%d: loss %.4g (data %.4g, tv %.4g) %.1f s", epoch + 1, p["epochs"],
                  *running, time.perf_counter() - t0)
         sched.step()
+    progress.close()
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
     return state, {"history": history, "train_s": time.perf_counter() - t0}
 

@@ -2,7 +2,7 @@
 
 Not collected by pytest.  Trains each profile from scratch into a temporary cache (the user's
 cache is never touched), then reconstructs phantoms the training never saw (seed 0; training
-phantoms use seeds >= 1e6).  Run:
+phantoms use seeds of the reserved training range, see qsmbench.seeds).  Run:
 
     python tests/benchmarks/bench_uqsm.py [--profiles quick cpu] [--threads 2] [--device cpu]
 
