@@ -222,7 +222,8 @@ def run_limited(argv: Sequence[str], *, cwd: str | os.PathLike, env: Mapping[str
     :func:`faulthandler.register` answers by printing every thread's stack to the log, so the
     log shows where it hung; ``dump_grace_s`` later it is killed.  ``echo`` (a binary stream, e.g.
     ``sys.stderr.buffer``) also receives the output as it comes (a command plugin's output reaches
-    the isolated run's log this way).  Never raises for what the child does; re-raises KeyboardInterrupt/SystemExit of the parent after killing the child.
+    the isolated run's log this way).  Never raises for what the child does; re-raises
+    KeyboardInterrupt/SystemExit of the parent after killing the child.
     """
     out = BoundedLog(log_path, HEAD_BYTES if head_bytes is None else head_bytes,
                      TAIL_BYTES if tail_bytes is None else tail_bytes)

@@ -526,7 +526,8 @@ class CommandMethod(Method):
             raise CommandFailed(f"cannot start the command {argv[0]!r}: {exc.strerror or exc}") from None
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         self.command_record.update(
-            exit_code=outcome.returncode, elapsed_s=round(outcome.elapsed_s, 3), peak_rss_mb=round(outcome.peak_rss_mb, 1),
+            exit_code=outcome.returncode, elapsed_s=round(outcome.elapsed_s, 3),
+            peak_rss_mb=round(outcome.peak_rss_mb, 1),
             cpu_s=round((after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime), 3),
             output_bytes=outcome.output_bytes)
         tail = outcome.tail.strip()

@@ -7,7 +7,8 @@
   repository's ``methods/`` next to the ``qsmbench`` package, and any folders given explicitly.
 * Every ``*.yaml``/``*.yml`` file there is a method spec (:mod:`qsmbench.plugins`): a command
   plugin (an external program, any language) or imported reconstructions (``type: precomputed``);
-  a conda environment file (one with ``dependencies:``) beside it is skipped.  A command plugin
+  a conda environment file (one with ``dependencies:``) beside it is skipped, and so is a
+  ``NAME.py`` beside a spec ``NAME.yaml`` (the command plugin's own program).  A command plugin
   whose program is not found is listed as unavailable, with the reason.
 * Installed packages register a class with the entry-point group ``qsmbench.methods``.
 * Two methods with one name is an error naming both sources; an unknown name lists the valid
@@ -197,8 +198,13 @@ def discover(extra_dirs: Iterable[str | os.PathLike] = (), *, entry_points: bool
     for folder in method_dirs(extra_dirs):
         if not folder.is_dir():
             raise MethodError(f"methods folder not found: {folder}")
-        for entry in sorted(folder.iterdir()):
+        entries = sorted(folder.iterdir())
+        # NAME.py beside a spec NAME.yaml is that command plugin's program, not a Python plugin
+        programs = {e.stem for e in entries if e.is_file() and e.suffix in SPEC_SUFFIXES}
+        for entry in entries:
             if entry.name.startswith(("_", ".")):
+                continue
+            if entry.suffix == ".py" and entry.stem in programs:
                 continue
             if entry.is_file() and entry.suffix in SPEC_SUFFIXES:
                 for info in _infos_from_spec(entry):
