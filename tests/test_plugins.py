@@ -330,3 +330,68 @@ def test_imported_maps_from_a_config_entry_are_relative_to_the_working_directory
     wrong = run_job(vol_dir, tmp_path / "r2/run.json", run_id="tool", method="precomputed",
                     params={**params, "maps": "maps/{dataset}.nii"}, dataset="tiny")
     assert wrong["status"] == "not_run" and "maps/tiny.nii does not exist" in wrong["error"]
+
+
+# --------------------------------------------------------------------------- the workflow
+@pytest.mark.slow
+def test_command_plugin_and_import_run_in_the_tiny_workflow_and_appear_in_the_report(tmp_path):
+    import pandas as pd
+
+    snakemake = str(Path(sys.executable).parent / "snakemake")
+    work = tmp_path / "run dir"  # a space in every path the plugin receives
+    work.mkdir()
+    cfg = {"datasets": {"tiny": {"type": "phantom", "model": "analytic", "shape": [24, 24, 20],
+                                 "voxel_size_mm": [5.0, 5.0, 5.0], "seed": 1}},
+           "perturbations": ["none", {"noise": {"snr": [20], "seeds": 1}}],
+           "methods": {"tkd": {}, "tkd_numpy": {}, "tkd_numpy_t2": {"method": "tkd_numpy", "params": {"threshold": 0.2},
+                                                                    "perturbations": ["none"]},
+                       "vendor": {"method": "precomputed",
+                                  "params": {"maps": "maps/{dataset}_{perturbation}.nii.gz", "unit": "ppm"}}},
+           "method_dirs": [str(EXAMPLE.parent)]}
+    (work / "config.yaml").write_text(yaml.safe_dump(cfg))
+    base = [snakemake, "-s", str(ROOT / "Snakefile"), "--directory", str(work), "--configfile",
+            str(work / "config.yaml"), "--cores", "2"]
+    # the imported map of the unperturbed volume only: the reference itself, in ppm
+    data = subprocess.run([*base, "results/data/tiny/meta.json"], capture_output=True, text=True, timeout=600)
+    assert data.returncode == 0, data.stderr[-3000:]
+    (work / "maps").mkdir()
+    ref = nib.load(str(work / "results/data/tiny/reference-chi.nii.gz"))
+    nib.save(ref, str(work / "maps" / "tiny_none.nii.gz"))
+    proc = subprocess.run(base, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = pd.read_parquet(work / "results" / "metrics.parquet")
+    html = (work / "results" / "report" / "index.html").read_text()
+    ok = table[(table.status == "ok") & (table.metric == "nrmse")].set_index(["method", "perturbation"]).value
+    assert ok[("tkd_numpy", "none")] < 100 and ok[("tkd_numpy_t2", "none")] != ok[("tkd_numpy", "none")]
+    assert ok[("vendor", "none")] < 1e-3  # the reference itself
+    assert "tkd_numpy" in html and "vendor (imported)" in html
+    run = json.loads((work / "results/recon/tiny/none/tkd_numpy/run.json").read_text())
+    assert run["status"] == "ok" and run["command"]["version"]["output"].startswith("tkd_numpy 1.0")
+    assert run["command"]["argv"][-3] == "0.15" and " " in run["command"]["argv"][3]  # {field}, in 'run dir'
+    assert "tkd_numpy: wrote" in (work / "logs/recon/tiny/none/tkd_numpy.log").read_text()
+    missing = json.loads((work / "results/recon/tiny/noise-snr20-seed1/vendor/run.json").read_text())
+    assert missing["status"] == "not_run" and "tiny_noise-snr20-seed1.nii.gz does not exist" in missing["error"]
+    again = subprocess.run([*base, "-n"], capture_output=True, text=True, timeout=600)
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+# --------------------------------------------------------------------------- the examples
+@pytest.mark.parametrize("spec", sorted((ROOT / "examples").glob("*/*.yaml")), ids=lambda p: p.name)
+def test_every_example_spec_is_valid(spec):
+    loaded = plugins.load_spec(spec)
+    cls = plugins.class_from_spec(spec)
+    assert cls.name == loaded["name"] and cls.references and (cls.__doc__ or "").strip()
+    if spec.stem == "container_tkd":
+        assert plugins.unavailable_reason(cls) == ""  # the program is in the image: not checked on the host
+        assert loaded["container"].startswith("docker://")
+    if spec.stem == "matlab_tkd":
+        assert "{" not in loaded["command"][2]  # nothing substituted into MATLAB code
+
+
+def test_container_dockerfile_pins_match_the_package():
+    import re
+
+    pins = dict(re.findall(r'"([A-Za-z0-9_.-]+)==([^"]+)"', (ROOT / "pyproject.toml").read_text()))
+    docker = (ROOT / "examples" / "container" / "Dockerfile").read_text()
+    used = dict(re.findall(r"([A-Za-z0-9_.-]+)==([0-9][^\s\\]*)", docker))
+    assert used and all(pins[name] == version for name, version in used.items())
