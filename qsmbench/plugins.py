@@ -283,9 +283,6 @@ def load_spec(path: str | os.PathLike) -> dict[str, Any]:
             if isinstance(item, list) and "out" in names:
                 raise bad(key, "{out} cannot be in an optional group: the program must always be told where to "
                                "write χ")
-    if not outputs:
-        raise bad("command", "no argument names the output: use {out} (or {inputs_json}, whose 'out' entry is the "
-                             "path to write)")
     for key, env_value in (spec.get("env") or {}).items():
         try:
             names = placeholders_in(env_value)
@@ -294,6 +291,10 @@ def load_spec(path: str | os.PathLike) -> dict[str, Any]:
         unknown = sorted(set(names) - allowed)
         if unknown:
             raise bad(f"env.{key}", f"unknown placeholder(s) {unknown}")
+        outputs += names.count("out") + names.count("inputs_json")
+    if not outputs:
+        raise bad("command", "no argument (or env value) names the output: use {out} (or {inputs_json}, whose "
+                             "'out' entry is the path to write)")
     for i, arg in enumerate(spec.get("version_command") or []):
         try:
             names = placeholders_in(arg)
@@ -467,7 +468,8 @@ class CommandMethod(Method):
     def _env(self, values: Mapping[str, Any]) -> dict[str, str]:
         env = dict(os.environ)
         for key, value in (self.spec.get("env") or {}).items():
-            env[key] = substitute(value, values)
+            with contextlib.suppress(KeyError):  # the version command runs before any input exists
+                env[key] = substitute(value, values)
         return env
 
     def reconstruct(self, vol):

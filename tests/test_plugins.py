@@ -98,7 +98,7 @@ def test_placeholders_are_substituted_per_argument():
     ({"references": []}, "references", "should be non-empty"),
     ({"command": ["prog", "{fild}", "{out}"]}, "command.1", "unknown placeholder {fild}"),
     ({"command": ["prog", "{params.lam}", "{out}"]}, "command.1", "no parameter 'lam'"),
-    ({"command": ["prog", "{field}"]}, "command", "no argument names the output"),
+    ({"command": ["prog", "{field}"]}, "command", "names the output"),
     ({"units": {"field": "tesla"}}, "units.field", "is not one of"),
     ({"parameters": {"t": [1, 2]}}, "parameters.t", "is not of type"),
     ({"command": "prog {field} {out}"}, "command", "is not of type 'array'"),
@@ -386,6 +386,7 @@ def test_every_example_spec_is_valid(spec):
         assert loaded["container"].startswith("docker://")
     if spec.stem == "matlab_tkd":
         assert "{" not in loaded["command"][2]  # nothing substituted into MATLAB code
+        assert loaded["env"]["QSMBENCH_INPUTS"] == "{inputs_json}"
 
 
 def test_container_dockerfile_pins_match_the_package():
@@ -422,3 +423,23 @@ def test_use_conda_gives_a_command_plugin_its_own_environment(tmp_path):
 
     assert sorted(Path(p).name for p in re.findall(r"Conda environment (\S+) will be created", out)) == \
         ["core.yaml", "envtool_env.yaml"]
+
+
+def test_env_values_are_substituted_and_can_carry_the_inputs_file(tmp_path):
+    code = '''
+        import json, os, shutil
+        inputs = json.load(open(os.environ["QSMBENCH_INPUTS"]))
+        assert os.environ["MY_DIR"].endswith("m") and inputs["units"]["field"] == "ppm"
+        shutil.copy(inputs["field"], inputs["out"])
+    '''
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "via_env.py").write_text(textwrap.dedent(code))
+    path = write_spec(folder, {"name": "via_env", "references": ["x"], "command": ["{python}", "{spec_dir}/via_env.py"],
+                               "env": {"QSMBENCH_INPUTS": "{inputs_json}", "MY_DIR": "{spec_dir}"},
+                               "version_command": ["{python}", "-c", "import os; print(os.environ['MY_DIR'])"]})
+    vol = small_volume()
+    res = run_method(plugins.class_from_spec(path)(seed=0), vol)
+    assert res.status == "ok", res.record["error"]
+    np.testing.assert_allclose(res.chi_ppm, vol.field_ppm * vol.mask, rtol=1e-6)
+    assert res.record["command"]["version"]["output"] == str(folder.resolve())
