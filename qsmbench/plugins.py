@@ -59,9 +59,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar
 
-import jsonschema
 import numpy as np
-import yaml
 
 from .errors import ConfigError, MethodError
 from .method import Method
@@ -203,6 +201,8 @@ def is_conda_env_file(data: Any) -> bool:
 
 
 def read_spec_file(path: str | os.PathLike) -> Any:
+    import yaml  # noqa: PLC0415 - not needed by runs of Python methods (keeps their start-up lean)
+
     path = Path(path)
     try:
         with open(path, encoding="utf-8") as fh:
@@ -216,6 +216,8 @@ def read_spec_file(path: str | os.PathLike) -> Any:
 def load_spec(path: str | os.PathLike) -> dict[str, Any]:
     """Read and validate a method spec; a :class:`MethodError` naming the file and the key for any
     problem.  Returns the spec with defaults filled in and ``_path`` (absolute)."""
+    import jsonschema  # noqa: PLC0415 - only for specs
+
     path = Path(path).resolve()
     data = read_spec_file(path)
     if not isinstance(data, dict):
