@@ -410,7 +410,7 @@ def read_chi(path: Path, vol, unit: str, *, what: str) -> tuple[np.ndarray, list
     notes = []
     try:
         img = nib.load(str(path))
-        data = np.array(img.dataobj)  # a copy in memory, not a map of a file about to be removed
+        data = np.array(np.asanyarray(img.dataobj))  # in memory, not a map of a file about to be removed
     except Exception as exc:  # nibabel and gzip raise many types
         raise ValueError(f"{what} {path} cannot be read as NIfTI: {type(exc).__name__}: {exc}") from None
     while data.ndim > 3 and data.shape[-1] == 1:
