@@ -57,7 +57,9 @@ def run_env(wildcards):
     """The conda environment of a reconstruct/pretrain job: a command plugin's own (its spec's
     conda:, absolute), else deep learning or core."""
     own = (getattr(run_class(wildcards.run), "spec", None) or {}).get("conda")
-    return own or (ENV_DL if wildcards.run in DL_RUNS else ENV_CORE)
+    if own:
+        return own
+    return ENV_DL if wildcards.run in DL_RUNS else ENV_CORE
 
 
 def run_container(wildcards):
