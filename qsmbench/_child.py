@@ -8,6 +8,7 @@ during start-up is killed cleanly.
 
 import faulthandler
 import json
+import os
 import signal
 import sys
 
@@ -16,6 +17,7 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m qsmbench._child REQUEST.json (started by qsmbench.runner.run_job)", file=sys.stderr)
         return 2
+    os.environ["QSMBENCH_ISOLATED"] = "1"  # command plugins leave the limits to the parent (qsmbench.plugins)
     faulthandler.enable(all_threads=True)  # a crash in compiled code prints the Python stacks
     if hasattr(signal, "SIGUSR1"):  # sent on a timeout, just before the kill: shows where it hung
         faulthandler.register(signal.SIGUSR1, all_threads=True)

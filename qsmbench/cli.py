@@ -158,6 +158,8 @@ def cmd_check_method(args) -> int:
     path = Path(args.file)
     if not path.exists():
         raise QsmbenchError(f"method file not found: {path}")
+    if path.suffix in (".yaml", ".yml"):
+        return _check_spec(path)
     try:
         module = import_method_file(path)  # errors (syntax, import, duplicates) name the file and line
     except ImportError as exc:
@@ -174,6 +176,38 @@ def cmd_check_method(args) -> int:
             failed += not ok
     print(f"{'all checks passed' if not failed else f'{failed} check(s) failed'}")
     return 1 if failed else 0
+
+
+def _check_spec(path: Path) -> int:
+    """check-method on a YAML method spec: the same contract for a command plugin; for imported
+    maps (no program to test) the spec is validated and the maps found are counted."""
+    from .contract import run_contract  # noqa: PLC0415
+    from .plugins import class_from_spec, is_imported, unavailable_reason  # noqa: PLC0415
+
+    cls = class_from_spec(path)  # errors name the file and the key
+    print(f"{cls.__name__} ({cls.name}) from {path}")
+    if is_imported(cls):
+        pattern = str(cls.base_dir / cls.maps)
+        found = sorted(Path(p) for p in _glob_pattern(pattern))
+        print(f"  PASS  spec: imported maps {pattern}, unit {cls.output_unit}; {len(found)} map(s) found")
+        print("  (the contract tests reconstruct a test volume; they do not apply to imported maps)")
+        return 0
+    reason = unavailable_reason(cls)
+    if reason:
+        raise QsmbenchError(f"{path}: the method cannot run here: {reason}")
+    failed = 0
+    for check, ok, msg in run_contract(cls):
+        print(f"  {'PASS' if ok else 'FAIL'}  {check}{': ' + msg if msg else ''}")
+        failed += not ok
+    print(f"{'all checks passed' if not failed else f'{failed} check(s) failed'}")
+    return 1 if failed else 0
+
+
+def _glob_pattern(pattern: str) -> list[str]:
+    import glob  # noqa: PLC0415
+    import re  # noqa: PLC0415
+
+    return glob.glob(re.sub(r"\{(dataset|perturbation|run)\}", "*", pattern.replace("{{", "{").replace("}}", "}")))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -246,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cache", default=None, help="data cache folder (default: $QSMBENCH_DATA or the per-user cache)")
     s.set_defaults(func=cmd_fetch)
 
-    s = sub.add_parser("check-method", help="run the method contract tests on a plugin file")
+    s = sub.add_parser("check-method", help="run the method contract tests on a plugin file (.py, or a .yaml spec)")
     s.add_argument("file")
     s.set_defaults(func=cmd_check_method)
     return p

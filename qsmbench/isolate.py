@@ -215,13 +215,15 @@ def run_limited(argv: Sequence[str], *, cwd: str | os.PathLike, env: Mapping[str
                 timeout_s: float | None = None, mem_limit_mb: float | None = None,
                 log_path: str | os.PathLike | None = None, poll_s: float = 0.1,
                 head_bytes: int | None = None, tail_bytes: int | None = None,
-                dump_grace_s: float = 1.0) -> Outcome:
+                dump_grace_s: float = 1.0, echo=None) -> Outcome:
     """Run ``argv`` in ``cwd``; kill it (and its descendants) past ``timeout_s`` or ``mem_limit_mb``.
 
     On a timeout the child first gets SIGUSR1 (POSIX), which a child that registered
     :func:`faulthandler.register` answers by printing every thread's stack to the log, so the
-    log shows where it hung; ``dump_grace_s`` later it is killed.  Never raises for what the
-    child does; re-raises KeyboardInterrupt/SystemExit of the parent after killing the child.
+    log shows where it hung; ``dump_grace_s`` later it is killed.  ``echo`` (a binary stream, e.g.
+    ``sys.stderr.buffer``) also receives the output as it comes (a command plugin's output reaches
+    the isolated run's log this way).  Never raises for what the child does; re-raises
+    KeyboardInterrupt/SystemExit of the parent after killing the child.
     """
     out = BoundedLog(log_path, HEAD_BYTES if head_bytes is None else head_bytes,
                      TAIL_BYTES if tail_bytes is None else tail_bytes)
@@ -235,6 +237,10 @@ def run_limited(argv: Sequence[str], *, cwd: str | os.PathLike, env: Mapping[str
         assert proc.stdout is not None
         while chunk := proc.stdout.read1(1 << 16):
             out.feed(chunk)
+            if echo is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    echo.write(chunk)
+                    echo.flush()
 
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()

@@ -5,6 +5,11 @@
   subclasses it wants registered (classes imported from elsewhere are ignored).
 * Folders searched, in order: ``QSMBENCH_METHODS_PATH`` (``os.pathsep``-separated), the
   repository's ``methods/`` next to the ``qsmbench`` package, and any folders given explicitly.
+* Every ``*.yaml``/``*.yml`` file there is a method spec (:mod:`qsmbench.plugins`): a command
+  plugin (an external program, any language) or imported reconstructions (``type: precomputed``);
+  a conda environment file (one with ``dependencies:``) beside it is skipped, and so is a
+  ``NAME.py`` beside a spec ``NAME.yaml`` (the command plugin's own program).  A command plugin
+  whose program is not found is listed as unavailable, with the reason.
 * Installed packages register a class with the entry-point group ``qsmbench.methods``.
 * Two methods with one name is an error naming both sources; an unknown name lists the valid
   ones; a method whose ``requirements`` cannot be imported (or whose file fails to import with
@@ -27,6 +32,7 @@ from pathlib import Path
 
 from .errors import MethodError, MethodUnavailableError, UnknownMethodError
 from .method import Method, check_class
+from .plugins import SPEC_SUFFIXES, class_from_spec, is_conda_env_file, read_spec_file, unavailable_reason
 
 ENTRY_POINT_GROUP = "qsmbench.methods"
 BUILTIN_METHODS_DIR = Path(__file__).resolve().parent.parent / "methods"
@@ -192,8 +198,17 @@ def discover(extra_dirs: Iterable[str | os.PathLike] = (), *, entry_points: bool
     for folder in method_dirs(extra_dirs):
         if not folder.is_dir():
             raise MethodError(f"methods folder not found: {folder}")
-        for entry in sorted(folder.iterdir()):
+        entries = sorted(folder.iterdir())
+        # NAME.py beside a spec NAME.yaml is that command plugin's program, not a Python plugin
+        programs = {e.stem for e in entries if e.is_file() and e.suffix in SPEC_SUFFIXES}
+        for entry in entries:
             if entry.name.startswith(("_", ".")):
+                continue
+            if entry.suffix == ".py" and entry.stem in programs:
+                continue
+            if entry.is_file() and entry.suffix in SPEC_SUFFIXES:
+                for info in _infos_from_spec(entry):
+                    add(info)
                 continue
             is_pkg = entry.is_dir() and (entry / "__init__.py").exists()
             if not (is_pkg or (entry.is_file() and entry.suffix == ".py")):
@@ -211,6 +226,18 @@ def discover(extra_dirs: Iterable[str | os.PathLike] = (), *, entry_points: bool
                 continue
             add(_info_for_class(cls, source))
     return dict(sorted(found.items()))
+
+
+def _infos_from_spec(path: Path) -> list[MethodInfo]:
+    """The method a YAML spec describes (none for a conda environment file)."""
+    if is_conda_env_file(read_spec_file(path)):
+        return []
+    cls = class_from_spec(path)
+    info = _info_for_class(cls, str(path))
+    reason = unavailable_reason(cls)
+    if reason:
+        info.available, info.reason = False, reason
+    return [info]
 
 
 def _infos_from_file(path: Path) -> list[MethodInfo]:

@@ -41,6 +41,7 @@ from markupsafe import Markup
 
 from . import __version__, figures, io, metrics, results, stats
 from .errors import InputError
+from .plugins import IMPORTED
 
 #: The report folder shipped with the repository (templates, style sheet, captions).
 REPORT_DIR = Path(__file__).resolve().parent.parent / "report"
@@ -330,6 +331,9 @@ def render_report(table: pd.DataFrame | str | os.PathLike, out_html: str | os.Pa
                 if old.suffix in (".png", ".svg"):
                     old.unlink()
     method_names = set(df["method"]) | {m for e in montages for m in e.get("recons", {})}
+    # imported reconstructions (method type precomputed: run.json's device 'imported') say so everywhere
+    imported = set(df.loc[df["device"] == IMPORTED, "method"]) if "device" in df else set()
+    labels = {**{m: f"{m} (imported)" for m in sorted(imported)}, **dict(labels or {})}
     styles = figures.method_styles(sorted(method_names), labels)
     b = _Builder(df, source, captions, styles, fig_dir, confidence, alpha, correction)
     headline = [m for m in (comparison_metrics or robustness_metrics) if m in set(df["metric"])]
@@ -757,14 +761,15 @@ def _cost(b: _Builder) -> dict[str, Any]:
     srows = []
     for m, g in run_table.groupby("method", sort=True):
         good = g[g["run_status"] == "ok"]
+        none = "imported: not timed" if (g["device"] == IMPORTED).all() else "no successful run"
         srows.append([
             b.method_cell(m), _cell(f"{len(good)}/{len(g)}", cls="num"),
             _cell("; ".join(sorted({d for d in g["device"] if d})) or "not recorded", cls="device"),
-            _num_cell(good["wall_s"].median() if len(good) else math.nan, missing="no successful run"),
-            _num_cell(good["wall_s"].max() if len(good) else math.nan, missing="no successful run"),
-            _num_cell(good["cpu_s"].median() if len(good) else math.nan, missing="no successful run"),
-            _num_cell(good["prepare_s"].max() if len(good) else math.nan, missing="no successful run"),
-            _num_cell(good["peak_rss_mb"].max() if len(good) else math.nan, missing="no successful run"),
+            _num_cell(good["wall_s"].median() if len(good) else math.nan, missing=none),
+            _num_cell(good["wall_s"].max() if len(good) else math.nan, missing=none),
+            _num_cell(good["cpu_s"].median() if len(good) else math.nan, missing=none),
+            _num_cell(good["prepare_s"].max() if len(good) else math.nan, missing=none),
+            _num_cell(good["peak_rss_mb"].max() if len(good) else math.nan, missing=none),
             _num_cell(good["peak_gpu_mb"].max() if len(good) and good["peak_gpu_mb"].notna().any() else math.nan,
                       missing="no GPU memory recorded"),
         ])
@@ -779,7 +784,8 @@ def _cost(b: _Builder) -> dict[str, Any]:
             _cell(r.dataset), _cell(r.perturbation), b.method_cell(r.method), _cell(r.seed),
             _cell(r.run_status, title=r.error, cls="ok" if r.run_status == "ok" else "failed"),
             _cell(r.device or "n/a"),
-            *[_num_cell(getattr(r, c)) for c in ("wall_s", "cpu_s", "prepare_s", "peak_rss_mb")],
+            *[_num_cell(getattr(r, c), missing="imported: not timed" if r.device == IMPORTED else "not recorded")
+              for c in ("wall_s", "cpu_s", "prepare_s", "peak_rss_mb")],
             _num_cell(r.peak_gpu_mb, missing="no GPU memory recorded"),
         ])
     table = b.table("runtime_table", ["dataset", "perturbation", "method", "seed", "status", "device", "wall (s)",

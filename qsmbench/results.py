@@ -33,7 +33,7 @@ from .errors import InputError
 from .io import atomic_write  # the one atomic writer; re-exported for callers of results
 
 #: Status of a run, as written by the runner in ``run.json`` (:data:`qsmbench.runner.STATUSES`).
-RUN_STATUSES = ("ok", "failed", "timeout", "oom")
+RUN_STATUSES = ("ok", "failed", "timeout", "oom", "not_run")
 
 #: Status of a row of the table.
 ROW_STATUSES = ("ok", "not_applicable", "run_failed")
@@ -56,7 +56,8 @@ COLUMNS: dict[str, str] = {
     "better": "'lower' or 'higher': which direction of the value is better",
     "unit": "unit of value ('%', 'dB', 'ppm', '' for unitless)",
     "run_status": "status of the reconstruction run: 'ok', 'failed' (the method raised, returned a bad array "
-                  "or crashed), 'timeout' (killed past its wall-clock limit) or 'oom' (out of memory)",
+                  "or crashed), 'timeout' (killed past its wall-clock limit), 'oom' (out of memory) or 'not_run' (an "
+                  "imported reconstruction whose map does not exist)",
     "error": "the run's error as 'ExcType: message'; '' when the run succeeded",
     "log_tail": "the last lines of the method's output when the run did not succeed (run.json's log_tail); '' "
                 "otherwise",

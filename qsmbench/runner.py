@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
+from . import __version__, plugins
 from .devices import AUTO, cuda_devices, resolve_profile
 from .errors import ConfigError, MethodUnavailableError, QsmbenchError
 from .io import write_json, write_nifti
@@ -48,8 +48,9 @@ SCRATCH_PREFIX = ".qsmbench-run-"
 
 #: Status of a run in run.json: ``ok``; ``failed`` (the method raised, returned a bad array or its
 #: process crashed); ``timeout`` (killed past its wall-clock limit); ``oom`` (out of memory: a
-#: MemoryError, or killed past its memory limit or by the system's out-of-memory killer).
-STATUSES = ("ok", "failed", "timeout", "oom")
+#: MemoryError, or killed past its memory limit or by the system's out-of-memory killer);
+#: ``not_run`` (an imported reconstruction whose map does not exist, :mod:`qsmbench.plugins`).
+STATUSES = ("ok", "failed", "timeout", "oom", "not_run")
 
 
 def derive_seed(*parts: Any) -> int:
@@ -239,6 +240,7 @@ def run_method(method: str | Method, vol: Volume, *, params: Mapping[str, Any] |
     record.update(profile_requested=requested_profile, profile_reason=profile_reason, device_requested=device,
                   tuned_on=type(instance).tuned_on)
     seed_everything(int(seed))
+    plugins.before_run(instance, identity)
     visible = vol.for_method()
     chi = None
     try:
@@ -257,13 +259,17 @@ def run_method(method: str | Method, vol: Volume, *, params: Mapping[str, Any] |
         chi = validate_output(chi, vol)
         status = "ok"
     except Exception as exc:  # a failing method must not stop the benchmark
-        status, chi = ("oom" if is_out_of_memory(exc) else "failed"), None
+        # a command plugin's program that timed out / ran out of memory, a missing import: their own status
+        own = getattr(exc, "status", None)
+        status = own if own in STATUSES and own != "ok" else "oom" if is_out_of_memory(exc) else "failed"
+        chi = None
         record["error"] = f"{type(exc).__name__}: {exc}"
         record["traceback"] = traceback.format_exc()
         log.error("method %s failed (%s): %s", name, status, record["error"])
     record["status"] = status
     record["notes"] = list(getattr(instance, "notes", []))
     record["trained_on"] = getattr(instance, "trained_on", None)
+    plugins.annotate_record(instance, record)  # command line, version, image; imported: no timing
     return RunResult(status, chi, record)
 
 
@@ -392,6 +398,8 @@ def run_job(volume_dir: str | os.PathLike, run_json: str | os.PathLike, *, run_i
         return record
     expected = expected_profile(cls, profile, device)
     cls.resolve_parameters(params, profile=expected)  # bad parameters: the caller's error, raised here
+    if plugins.is_imported(cls):
+        isolate = False  # reads one file; its map pattern may be relative to the working directory
     if not isolate:
         result = run_method(method, vol, params=params, profile=profile, seed=seed, device=device,
                             identity=identity, extra_dirs=extra_dirs)

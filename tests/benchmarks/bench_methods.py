@@ -45,7 +45,8 @@ def main(argv=None):
     t0 = time.perf_counter()
     vol = make_phantom(tuple(args.shape), tuple(args.voxel_size), seed=0)
     t_phantom = time.perf_counter() - t0
-    names = args.methods or registry.list_methods()
+    names = args.methods or [n for n in registry.list_methods()  # imported maps reconstruct nothing
+                             if not getattr(registry.get_method_class(n), "imported", False)]
     print(f"# phantom {tuple(args.shape)} @ {tuple(args.voxel_size)} mm built in {t_phantom:.1f} s; "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical cores, "
           f"affinity {len(os.sched_getaffinity(0))}")

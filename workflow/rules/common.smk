@@ -54,8 +54,28 @@ ENV_DL = "../envs/dl.yaml"  # + PyTorch: a CUDA build where the machine has an N
 
 
 def run_env(wildcards):
-    """The conda environment of a reconstruct/pretrain job: deep learning or core."""
+    """The conda environment of a reconstruct/pretrain job: a command plugin's own (its spec's
+    conda:, absolute), else deep learning or core."""
+    own = (getattr(run_class(wildcards.run), "spec", None) or {}).get("conda")
+    if own:
+        return own
     return ENV_DL if wildcards.run in DL_RUNS else ENV_CORE
+
+
+def run_container(wildcards):
+    """The image of a command plugin whose spec names one (container:), else None: used by
+    snakemake --software-deployment-method apptainer for that run's reconstruct jobs."""
+    return (getattr(run_class(wildcards.run), "spec", None) or {}).get("container")
+
+
+def imported_map(wildcards):
+    """Input of an imported run's (method type precomputed) reconstruct job: its χ map when it exists,
+    so a new or changed map re-runs the job; a missing one gives the status not_run."""
+    cls = run_class(wildcards.run)
+    if not getattr(cls, "imported", False):
+        return []
+    path = cls.map_path(RUNS[wildcards.run]["params"], wildcards.dataset, wildcards.perturbation, wildcards.run)
+    return [str(path)] if path.is_file() else []
 
 
 # ---------------------------------------------------------------- start-up checks

@@ -2,6 +2,7 @@ rule reconstruct:
     input:
         volume_meta,
         pretrained=lambda wildcards: PRETRAINED.get(wildcards.run, []),  # pretrain.smk
+        imported=imported_map,  # method type precomputed: the χ map (common.smk)
     output:
         "results/recon/{dataset}/{perturbation}/{run}/run.json",
     params:
@@ -13,6 +14,8 @@ rule reconstruct:
         "logs/recon/{dataset}/{perturbation}/{run}.log",
     conda:
         run_env  # the deep-learning environment for torch/GPU methods, else the core one (common.smk)
+    container:
+        run_container  # a command plugin's image (its spec's container:), else none
     threads: config.get("threads", 1)
     resources:
         mem_mb=reconstruct_mem_mb,
