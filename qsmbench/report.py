@@ -887,7 +887,7 @@ def _failures(b: _Builder) -> dict[str, Any]:
              _cell(r.log_tail or "—", cls="log")] for r in failed.itertuples(index=False)]
     return b.table("failed_runs", ["method", "dataset", "perturbation", "seed", "status", "error",
                                    "last lines of the method's output"], rows,
-                   f"qsmbench.report from {b.source}: runs with run_status failed, timeout or oom (error and "
+                   f"qsmbench.report from {b.source}: runs with run_status failed, timeout, oom or not_run (error and "
                    "log tail from run.json; the whole output is in the job's log under logs/recon/)",
                    collapsed=len(rows) > 40, summary=f"{len(rows)} failed runs")
 
