@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from qsmbench.backend import for_method as backend_for
 from qsmbench.errors import ConfigError
 from qsmbench.method import Method
-from qsmbench.physics import difference_kernel_sq, dipole_kernel, kspace_filter
+from qsmbench.operators import kspace_filter
+from qsmbench.physics import difference_kernel_sq, dipole_kernel
 
 
 class CFL2(Method):
@@ -48,5 +50,6 @@ class CFL2(Method):
                 k = np.where(denom > 0, d / denom, 0.0)
             return k.astype(np.float32)
 
-        chi = kspace_filter(field.astype(np.float32), inverse_filter, pad_factor=p["pad_factor"])
+        chi = kspace_filter(field.astype(np.float32), inverse_filter, pad_factor=p["pad_factor"],
+                            backend=backend_for(self))
         return chi * vol.mask

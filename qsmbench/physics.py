@@ -45,6 +45,16 @@ def set_fft_workers(n: int) -> None:
     _FFT_WORKERS = int(n)
 
 
+def fft_workers() -> int:
+    """Threads of the FFTs (``-1``: all cores); the numpy backend's fused updates use as many."""
+    return _FFT_WORKERS
+
+
+def add_fft_calls(n: int = 1) -> None:
+    """Count ``n`` 3-D FFTs computed elsewhere (the torch backend of :mod:`qsmbench.backend`)."""
+    _FFT_CALLS[0] += int(n)
+
+
 def fft_calls() -> int:
     """Number of 3-D FFTs (forward or inverse) computed through this module so far."""
     return _FFT_CALLS[0]
