@@ -29,6 +29,7 @@ class CFL2(Method):
 
     name = "cfl2"
     symmetry = "linear"   # a fixed k-space filter
+    uses = {"gpu_optional"}   # torch on a CUDA device when device cuda is asked for (qsmbench.backend)
     parameters = {"lam": 0.09, "d0": 1.0 / 3.0, "mask_field": False, "pad_factor": 1.0}
     references = [
         "Bilgic B et al. Fast quantitative susceptibility mapping with L1-regularization and "

@@ -52,6 +52,10 @@ from qsmbench.backend import for_method as backend_for
 from qsmbench.errors import ConfigError
 from qsmbench.method import Method
 
+#: Step 1's ``lsqr_precision`` -> (dtype of the LSQR vectors, dtype of the FFTs).
+LSQR_PRECISIONS = {"double": (np.float64, np.float64), "mixed": (np.float64, np.float32),
+                   "single": (np.float32, np.float32)}
+
 #: numpy percentile methods accepted (``"hazen"`` is MATLAB's ``prctile``).
 PERCENTILE_METHODS = ("hazen", "linear", "weibull", "median_unbiased", "normal_unbiased",
                       "nearest", "lower", "higher", "midpoint", "inverted_cdf")
@@ -365,7 +369,7 @@ def lsmr(apply_a: Callable, apply_at: Callable, b, *, atol: float = 0.01,
 
 # --------------------------------------------------------------------------- the steps
 def weighted_lsqr(field: np.ndarray, mask: np.ndarray, weights: np.ndarray, kernel: np.ndarray, *,
-                  tol: float = 0.01, maxit: int = 200, dtype=np.float64,
+                  tol: float = 0.01, maxit: int = 200, dtype=np.float64, fft_dtype=None,
                   backend: Backend | None = None) -> tuple[np.ndarray, dict]:
     """Step 1: LSQR on the normal equations ``D W D chi = D W f`` from 0, early stopped.
 
@@ -375,25 +379,36 @@ def weighted_lsqr(field: np.ndarray, mask: np.ndarray, weights: np.ndarray, kern
     ``A = D F W F^-1 D`` costs one FFT pair; LSQR needs ``A`` and ``A^T`` (the same operator)
     once each per iteration.  ``backend`` (default numpy) holds the vectors and does the FFTs.
 
-    ``dtype`` is the precision of the LSQR vectors and FFTs (float64 as the author's MATLAB,
-    or float32; see :class:`ILSQR`'s ``lsqr_precision``).
+    ``dtype`` is the precision of the LSQR vectors and recurrences, ``fft_dtype`` (default
+    ``dtype``) that of the FFTs and the image-space product by W: float64 vectors with float32
+    FFTs keep the Krylov recurrences in double precision at single-precision FFT cost (the
+    conversions happen inside the kernel products, no extra pass); see :class:`ILSQR`'s
+    ``lsqr_precision``.
     """
     be = backend if backend is not None else operators.get_backend("cpu")
     shape = field.shape
     dtype = np.dtype(dtype).type
+    fft_dtype = dtype if fft_dtype is None else np.dtype(fft_dtype).type
+    spec_dtype = np.complex128 if dtype == np.float64 else np.complex64
+    fft_spec_dtype = np.complex128 if fft_dtype == np.float64 else np.complex64
     kp = be.prepare_kernel(kernel, dtype)
-    w = be.asarray(weights, dtype)
-    buf = None
+    w = be.asarray(weights, fft_dtype)
+    buf = be.empty(kernel.shape, fft_spec_dtype)
+    # LSQR keeps only its latest u = A v and v = A^T u: three result buffers used in turn suffice
+    # (no fresh allocation, i.e. no page faults, per product) when the result needs a conversion
+    outs = [be.empty(kernel.shape, spec_dtype) for _ in range(3)] if fft_dtype != dtype else None
 
     def apply_a(xk):
-        nonlocal buf
-        if buf is None:
-            buf = be.empty_like(xk)
         img = be.irfftn(be.kmul_into(xk, kp, buf), shape)
         be.multiply_inplace(img, w)
-        return be.kmul(be.rfftn(img), kp)
+        spec = be.rfftn(img)
+        if outs is None:
+            return be.kmul(spec, kp)
+        outs.append(outs.pop(0))
+        return be.kmul_into(spec, kp, outs[-1])
 
-    b = be.kmul(be.rfftn(be.asarray((weights * field).astype(dtype))), kp)
+    b = be.kmul_into(be.rfftn(be.asarray((weights * field).astype(fft_dtype))), kp,
+                     be.empty(kernel.shape, spec_dtype))
     xk, info = lsqr(apply_a, apply_a, b, tol=tol, maxit=maxit, backend=be, half_spectrum_nz=shape[2])
     chi = be.to_numpy(be.irfftn(xk, shape))
     chi = np.where(mask, chi, 0)
@@ -553,9 +568,9 @@ def ilsqr(field_ppm: np.ndarray, mask: np.ndarray, voxel_size_mm: Sequence[float
     w_lap = laplacian_weights(fpad, mpad, vs, low_pct=p["laplacian_low_pct"],
                               high_pct=p["laplacian_high_pct"], absolute=absolute,
                               adaptive=adaptive, method=method, masked=p["laplacian_weights_masked"])
+    vec_dtype, fft_dtype = LSQR_PRECISIONS[p["lsqr_precision"]]
     chi_lsqr, info_lsqr = weighted_lsqr(fpad, mpad, w_lap, kernel, tol=p["lsqr_tol"], maxit=p["lsqr_maxit"],
-                                        dtype=np.float64 if p["lsqr_precision"] == "double" else np.float32,
-                                        backend=backend)
+                                        dtype=vec_dtype, fft_dtype=fft_dtype, backend=backend)
 
     # 2. FastQSM, calibrated to TKD
     field_k = physics.rfftn(fpad)
@@ -615,8 +630,8 @@ def _check(p: dict) -> None:
                    ("gradient_low_pct", "gradient_high_pct")):
         if not 0 <= p[lo] < p[hi] <= 100:
             bad(f"need 0 <= {lo} < {hi} <= 100, got {p[lo]} and {p[hi]}")
-    if p["lsqr_precision"] not in ("double", "single"):
-        bad(f"lsqr_precision must be 'double' or 'single', got {p['lsqr_precision']!r}")
+    if p["lsqr_precision"] not in LSQR_PRECISIONS:
+        bad(f"lsqr_precision must be one of {', '.join(LSQR_PRECISIONS)}, got {p['lsqr_precision']!r}")
     if p["streak_solver"] not in ("lsqr", "lsmr"):
         bad(f"streak_solver must be 'lsqr' or 'lsmr', got {p['streak_solver']!r}")
     if not 0 <= p["structural_laplacian_low_pct"] < p["structural_laplacian_high_pct"] <= 100:
@@ -680,10 +695,12 @@ class ILSQR(Method):
         for zero field outside the mask.
     lsqr_tol, lsqr_maxit : step 1 stopping (relative residual 0.01 as the author's caller; at
         most 200 iterations as the author's routine -- the open reading stops at 50).
-    lsqr_precision : "double" (default, as the author's MATLAB) or "single": precision of step
-        1's LSQR vectors.  In single precision the early-stopped LSQR on the normal equations
-        amplifies rounding to ~1e-3 relative (a one-ulp change of f moves chi that much), so the
-        method is then homogeneous only to that level; double costs about 1.5x step 1's time.
+    lsqr_precision : "double" (default, as the author's MATLAB), "mixed" or "single": precision of
+        step 1.  "mixed": float64 LSQR vectors and recurrences, float32 FFTs and products by W
+        (single-precision FFT cost).  "single": float32 throughout.  In single precision the
+        early-stopped LSQR on the normal equations amplifies rounding to ~1e-3 relative (a one-ulp
+        change of f moves chi that much), so the method is then homogeneous only to that level;
+        double costs about 1.5x step 1's time.
     fastqsm_exponent : n of ``|D|^n`` (0.001, dimensionless).
     fastqsm_low_pct, fastqsm_high_pct : ramp of that k-space weight, percent (1, 30).
     fastqsm_radius_mm : spherical-mean radius, mm (3).
@@ -720,6 +737,7 @@ class ILSQR(Method):
 
     name = "ilsqr"
     symmetry = "linear"   # absolute percentile-ramp weights, relative stopping rules
+    uses = {"gpu_optional"}   # steps 1 and 3 on torch tensors on a CUDA device when device cuda is asked for
     parameters = {
         "weights": "absolute",
         "differences": "mask_adaptive",

@@ -659,7 +659,7 @@ class MEDI(Method):
         "smv": False, "smv_radius_mm": 5.0, "merit": False, "merit_sigma": 6.0,
         "medi0": False, "lam_csf": 100.0, "pad_factor": 1.0, "d0": 0.0,
     }
-    uses = {"magnitude"}
+    uses = {"magnitude", "gpu_optional"}   # Gauss-Newton/CG on torch tensors with device cuda
     references = [
         "Liu T et al. Morphology enabled dipole inversion (MEDI) from a single-angle acquisition: "
         "comparison with COSMOS in human brain imaging. MRM 2011;66:777-783. doi:10.1002/mrm.22816",

@@ -38,6 +38,7 @@ class TKD(Method):
 
     name = "tkd"
     symmetry = "linear"   # a fixed k-space filter
+    uses = {"gpu_optional"}   # torch on a CUDA device when device cuda is asked for (qsmbench.backend)
     parameters = {"variant": "official2016", "threshold": None, "d0": None,
                   "mask_field": False, "pad_factor": 1.0}
     parameter_types = {"threshold": float, "d0": float}

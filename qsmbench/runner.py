@@ -84,6 +84,20 @@ def resolve_device(requested: str = "auto") -> str:
     return requested
 
 
+def method_device(cls, requested: str = "auto") -> str:
+    """The device a run of method class ``cls`` uses when ``requested`` is asked for.
+
+    ``uses`` "gpu" (GPU-first methods): :func:`resolve_device` (``auto`` -> CUDA when there is
+    one).  ``uses`` "gpu_optional" (the classical methods' torch path): CUDA only when asked for
+    explicitly (``cuda``/``cuda:N``), so that ``auto`` keeps them on numpy in an environment
+    without torch.  Anything else: the CPU.
+    """
+    uses = getattr(cls, "uses", set())
+    if "gpu" in uses or ("gpu_optional" in uses and str(requested).startswith("cuda")):
+        return resolve_device(requested)
+    return "cpu"
+
+
 def device_description(device: str) -> str:
     """The device with its name, e.g. ``cuda:0 (NVIDIA H200)`` or ``cpu (x86_64, 16 logical cores)``."""
     if device.startswith("cuda"):
@@ -174,7 +188,7 @@ def run_method(method: str | Method, vol: Volume, *, params: Mapping[str, Any] |
         if seed is None:
             seed = derive_seed(identity.get("dataset", vol.name), identity.get("perturbation", "none"),
                                name, identity.get("repetition", 0))
-        dev = resolve_device(device) if "gpu" in cls.uses else "cpu"
+        dev = method_device(cls, device)
         profile, profile_reason = resolve_profile(cls, profile, dev, requested_device=device)
         instance = cls(profile=profile, seed=seed, device=dev, **dict(params or {}))
     record: dict[str, Any] = {

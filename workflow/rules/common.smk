@@ -35,8 +35,14 @@ def run_class(run_id):
 
 
 # Runs of methods that can use a GPU (their class `uses` "gpu") and runs that need the
-# deep-learning environment (they can use a GPU or require torch).
-GPU_RUNS = sorted(r for r in RUNS if "gpu" in getattr(run_class(r), "uses", ()))
+# deep-learning environment (they can use a GPU or require torch).  The classical methods declare
+# "gpu_optional" instead: numpy on the CPU in the core environment, and their torch path on the
+# GPU only when the config asks for a CUDA device explicitly (device: cuda or cuda:N) -- then
+# they join the GPU runs (GPU request, deep-learning environment); with auto or cpu they stay
+# CPU runs without torch (qsmbench.runner.method_device decides the same in the job).
+CUDA_REQUESTED = str(config.get("device", "auto")).startswith("cuda")
+GPU_RUNS = sorted(r for r in RUNS if "gpu" in getattr(run_class(r), "uses", ())
+                  or (CUDA_REQUESTED and "gpu_optional" in getattr(run_class(r), "uses", ())))
 DL_RUNS = sorted(r for r in RUNS if r in GPU_RUNS or "torch" in getattr(run_class(r), "requirements", ()))
 
 # Software environments of `snakemake --use-conda` (workflow/envs/; paths relative to rules/).
@@ -162,5 +168,5 @@ def reconstruct_gpus(wildcards):
 
 
 def reconstruct_mem_mb(wildcards):
-    """More memory for the GPU-capable (deep-learning) methods, which also run on the CPU."""
-    return 16000 if wildcards.run in GPU_RUNS else 6000
+    """More memory for the GPU-first (deep-learning) methods, which also run on the CPU."""
+    return 16000 if "gpu" in getattr(run_class(wildcards.run), "uses", ()) else 6000

@@ -13,7 +13,7 @@ from qsmbench.errors import MethodUnavailableError
 from qsmbench.io import write_json
 from qsmbench.jobs import job
 from qsmbench.registry import get_method_class
-from qsmbench.runner import device_description, git_commit, resolve_device, set_threads
+from qsmbench.runner import device_description, git_commit, method_device, set_threads
 
 
 def pretrain_job(out_json, *, run_id, method, params, profile, device="auto", threads=None, extra_dirs=()):
@@ -29,7 +29,7 @@ def pretrain_job(out_json, *, run_id, method, params, profile, device="auto", th
               "traceback": None, "device": None, "prepare_s": None, "notes": [], "training": {}}
     try:
         cls = get_method_class(method, extra_dirs=extra_dirs)
-        dev = resolve_device(device) if "gpu" in cls.uses else "cpu"
+        dev = method_device(cls, device)
         # 'auto' resolves as in the reconstruct jobs (paper on CUDA, quick on the CPU), so that they
         # find these weights in the cache
         resolved, reason = resolve_profile(cls, profile, dev, requested_device=device)
