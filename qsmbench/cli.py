@@ -1,7 +1,10 @@
 """The ``qsmbench`` command line (see ARCHITECTURE.md, "The command line").
 
-Errors go to stderr as one sentence and the exit status is non-zero (2 for bad input or usage,
-1 for a failed reconstruction); ``--json`` prints exactly one JSON object on stdout.
+Errors go to stderr as one paragraph naming the file, option or value at fault, without a
+traceback (``--debug`` shows it), and the exit status is non-zero (2 for bad input or usage, 1
+for a failed reconstruction or failed contract checks); ``--json`` prints exactly one JSON object
+on stdout.  No command leaves a partial output behind: every file is written under a temporary
+name and renamed (:func:`qsmbench.io.atomic_write`).
 """
 
 from __future__ import annotations
@@ -9,7 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
+import traceback
 from pathlib import Path
 
 from . import __version__
@@ -43,6 +48,9 @@ def cmd_list_methods(args) -> int:
 def cmd_phantom(args) -> int:
     from .phantom import write_phantom  # noqa: PLC0415
 
+    if Path(args.outdir).exists() and not Path(args.outdir).is_dir():
+        raise QsmbenchError(f"OUTDIR {args.outdir} exists and is not a folder; expected a folder to write the "
+                            "phantom to")
     out = write_phantom(args.outdir, shape=tuple(args.shape), voxel_size_mm=tuple(args.voxel_size), model=args.model,
                         seed=args.seed, calcification=args.calcification, b0_dir=tuple(args.b0_dir),
                         subject=args.subject)
@@ -56,6 +64,11 @@ def cmd_reconstruct(args) -> int:
     from .registry import get_method_class  # noqa: PLC0415
     from .runner import method_device, run_method  # noqa: PLC0415
 
+    out = Path(args.out)
+    if not out.name.endswith((".nii", ".nii.gz")):
+        raise QsmbenchError(f"--out {out}: the output must be a NIfTI file name ending with .nii or .nii.gz")
+    _check_acquisition(args)
+    params = _params(args.param)
     vol = volume_from_files(args.field, args.mask, magnitude=args.magnitude, b0_dir=tuple(args.b0_dir),
                             b0_tesla=args.b0, te_s=args.te)
     # say which profile and device run before a possibly long training (run_method resolves the same)
@@ -63,15 +76,15 @@ def cmd_reconstruct(args) -> int:
     device = method_device(cls, args.device)
     profile, reason = resolve_profile(cls, args.profile, device, requested_device=args.device)
     print(f"{args.method}: profile {profile} ({reason}); device {device}", file=sys.stderr)
-    result = run_method(args.method, vol, params=_params(args.param), profile=args.profile,
+    result = run_method(args.method, vol, params=params, profile=args.profile,
                         seed=args.seed, device=args.device, extra_dirs=args.methods_dir or [],
                         identity={"dataset": str(args.field), "perturbation": "none"})
     if result.status != "ok":
-        print(f"error: method '{args.method}' failed: {result.record['error']}", file=sys.stderr)
+        print(f"error: method '{args.method}' did not succeed (status {result.status}): {result.record['error']}; "
+              f"nothing was written to {out}", file=sys.stderr)
+        if args.debug and result.record.get("traceback"):
+            print(result.record["traceback"], file=sys.stderr)
         return 1
-    out = Path(args.out)
-    if not out.name.endswith((".nii", ".nii.gz")):
-        raise QsmbenchError(f"--out must end with .nii or .nii.gz, got {out}")
     write_nifti(out, result.chi_ppm, vol.affine)
     record = {k: v for k, v in result.record.items() if k != "traceback"}
     record["output"] = str(out)
@@ -82,18 +95,30 @@ def cmd_reconstruct(args) -> int:
     return 0
 
 
+def _check_acquisition(args) -> None:
+    """The acquisition options, checked before any file is read, each error naming its option."""
+    b0_dir = [float(x) for x in args.b0_dir]
+    if not all(math.isfinite(x) for x in b0_dir) or not any(b0_dir):
+        raise QsmbenchError(f"--b0-dir {' '.join(f'{x:g}' for x in b0_dir)}: the B0 direction must be three finite "
+                            "numbers, not all zero (array coordinates, e.g. 0 0 1)")
+    if args.b0 is not None and not (math.isfinite(args.b0) and args.b0 > 0):
+        raise QsmbenchError(f"--b0 {args.b0:g}: the field strength must be a positive number of tesla (e.g. 3)")
+    if args.te is not None and not (math.isfinite(args.te) and args.te > 0):
+        raise QsmbenchError(f"--te {args.te:g}: the echo time must be a positive number of seconds (e.g. 0.025)")
+
+
 def cmd_evaluate(args) -> int:
     from .io import check_same_grid, read_nifti  # noqa: PLC0415
     from .metrics import evaluate  # noqa: PLC0415
 
     recon, aff_r, zooms = read_nifti(args.recon, role="reconstruction")
     truth, aff_t, _ = read_nifti(args.truth, role="reference")
-    mask, aff_m, _ = read_nifti(args.mask, role="mask")
+    mask, aff_m, _ = read_nifti(args.mask, role="mask", kind="binary")
     check_same_grid(args.recon, recon.shape, aff_r, args.truth, truth.shape, aff_t)
     check_same_grid(args.recon, recon.shape, aff_r, args.mask, mask.shape, aff_m)
     labels = None
     if args.labels:
-        labels, aff_l, _ = read_nifti(args.labels, role="labels")
+        labels, aff_l, _ = read_nifti(args.labels, role="labels", kind="labels")
         check_same_grid(args.recon, recon.shape, aff_r, args.labels, labels.shape, aff_l)
     extras = {"label_scheme": args.label_scheme} if args.label_scheme else {}
     results = evaluate(recon, truth, mask, labels=labels, voxel_size_mm=zooms, extras=extras,
@@ -128,12 +153,16 @@ def cmd_fetch(args) -> int:
 
 def cmd_check_method(args) -> int:
     from .contract import run_contract  # noqa: PLC0415
-    from .registry import classes_in_module, load_module_from_file  # noqa: PLC0415
+    from .registry import classes_in_module, import_method_file  # noqa: PLC0415
 
     path = Path(args.file)
     if not path.exists():
         raise QsmbenchError(f"method file not found: {path}")
-    module = load_module_from_file(path)
+    try:
+        module = import_method_file(path)  # errors (syntax, import, duplicates) name the file and line
+    except ImportError as exc:
+        raise QsmbenchError(f"method file {path} cannot be imported: {exc} (a missing dependency? install it, "
+                            "or list it in the class's requirements)") from None
     classes = classes_in_module(module)
     if not classes:
         raise QsmbenchError(f"{path} defines no subclass of qsmbench.method.Method")
@@ -151,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="qsmbench", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"qsmbench {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error (for bug reports)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     methods_dir = {"action": "append", "metavar": "DIR",
@@ -191,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="method profile: auto (default, as in the workflow: paper on a CUDA GPU, quick on the CPU), "
                         "quick, paper or another the method defines")
     s.add_argument("--seed", type=int, default=None)
-    s.add_argument("--device", default="auto", help="auto (default: CUDA when available), cpu, cuda or cuda:N")
+    s.add_argument("--device", default="auto", type=_device,
+                   help="auto (default: CUDA when available), cpu, cuda or cuda:N")
     s.add_argument("--run-json", default=None, help="also write the run record (timing, memory) here")
     s.add_argument("--methods-dir", **methods_dir)
     s.set_defaults(func=cmd_reconstruct)
@@ -221,19 +252,39 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _device(text: str) -> str:
+    if text in ("auto", "cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit()):
+        return text
+    raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+                        format="%(levelname)s %(name)s: %(message)s", force=True)
     try:
         return int(args.func(args) or 0)
-    except QsmbenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was written under the output's final name", file=sys.stderr)
+        return 130
+    except Exception as exc:  # every error a user can cause: one paragraph, no traceback
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {_describe(exc)}", file=sys.stderr)
+        return 2 if isinstance(exc, QsmbenchError | ValueError | OSError) else 1
+
+
+def _describe(exc: BaseException) -> str:
+    """One paragraph: our own errors are sentences already; others get their type and a hint."""
+    if isinstance(exc, QsmbenchError):
+        return " ".join(str(exc).split("\n")).strip()
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"cannot read or write {exc.filename}: {exc.strerror or exc}"
+    if isinstance(exc, ValueError | OSError):
+        return f"{exc}"
+    return (f"{type(exc).__name__}: {exc} -- this is a bug in qsmbench or in a method plugin; run again with "
+            "--debug for the traceback and report it")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -88,7 +88,11 @@ def _most_specific(error: jsonschema.ValidationError) -> jsonschema.ValidationEr
 
 
 def method_runs(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """``{run_id: {"method", "profile", "params"}}`` with defaults filled in."""
+    """``{run_id: {"method", "profile", "params", "timeout_s", "mem_mb"}}`` with defaults filled in.
+
+    ``timeout_s`` and ``mem_mb`` are None unless the run sets them (the runner then uses the
+    method's default time limit for the profile, the workflow the rule's default memory).
+    """
     runs = {}
     for run_id, spec in config["methods"].items():
         spec = spec or {}
@@ -96,6 +100,8 @@ def method_runs(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
             "method": spec.get("method", run_id),
             "profile": spec.get("profile", config.get("profile", "auto")),
             "params": dict(spec.get("params", {})),
+            "timeout_s": spec.get("timeout_s"),
+            "mem_mb": spec.get("mem_mb"),
         }
     return runs
 

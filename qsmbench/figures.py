@@ -19,6 +19,9 @@ figure                 what it shows
                        the device named under each method
 :func:`ranking_figure` mean rank of every method per metric over the perturbed volumes
 :func:`metric_bars_figure`  metric values per method on one perturbation level (mean, CI bars)
+:func:`ablation_figure`  variants of one method (e.g. INR-QSM with/without phase compensation):
+                       data-consistency error under the full and the patch forward model
+                       (:mod:`qsmbench.consistency`) and the metrics
 =====================  ==================================================================
 
 :func:`paper_figures` writes the set a paper needs into one folder, with an index (README.md).
@@ -40,7 +43,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import results
+from . import io, results
 from .errors import InputError
 
 # --------------------------------------------------------------------------- method styles
@@ -54,6 +57,9 @@ KNOWN_METHODS: dict[str, tuple[str, str, str]] = {
     "uqsm": ("uQSM", "#CC79A7", "P"),
     "inr_qsm": ("INR-QSM", "#000000", "*"),
     "inr_qsm_fast": ("INR-QSM (fast)", "#666666", "X"),
+    "inr_qsm_nocomp": ("INR-QSM, no phase compensation", "#332288", "d"),
+    "inr_qsm_nograd": ("INR-QSM, no gradient term", "#117733", "p"),
+    "qsmnet": ("QSMnet (supervised)", "#882255", "h"),
 }
 #: Colours for other run ids, in sorted-name order (Tableau 10 without the Okabe-Ito look-alikes).
 EXTRA_PALETTE = ("#4E79A7", "#F28E2B", "#59A14F", "#E15759", "#B07AA1", "#9C755F", "#76B7B2", "#EDC948",
@@ -144,12 +150,11 @@ def export(fig, *, folder: str | os.PathLike | None = None, stem: str | None = N
             for fmt in formats:
                 path = folder / f"{stem}.{fmt}"
                 if fmt == "png":
-                    results.atomic_write(path, lambda tmp: Path(tmp).write_bytes(png))
+                    io.atomic_write(path, lambda tmp: Path(tmp).write_bytes(png))
                 else:
                     meta = {"Date": None} if fmt in ("svg", "pdf") else {}
-                    results.atomic_write(path, lambda tmp, f=fmt, m=meta: fig.savefig(
+                    io.atomic_write(path, lambda tmp, f=fmt, m=meta: fig.savefig(
                         tmp, format=f, dpi=dpi, metadata=m))
-                path.chmod(0o644)
         return png
     finally:
         plt.close(fig)
@@ -287,7 +292,6 @@ def montage_figure(vol, reference: np.ndarray | None, ref_name: str | None,
 
 def load_montage(entry: Mapping[str, Any]) -> dict[str, Any]:
     """Read one montage entry (see :func:`qsmbench.report.render_report`): the volume, reference, χ maps."""
-    from . import io
 
     try:
         dataset, perturbation = str(entry["dataset"]), str(entry["perturbation"])
@@ -468,6 +472,141 @@ def metric_bars_figure(summary: pd.DataFrame, metric_list: Sequence[str], method
     return fig
 
 
+# --------------------------------------------------------------------------- ablation
+#: Methods whose runs :func:`paper_figures` compares as an ablation when a config has several of them.
+ABLATION_METHODS = ("inr_qsm",)
+ABLATION_METRICS = ("nrmse", "xsim", "hfen")
+#: Patch model of the data-consistency diagnostic when a run's parameters do not give one
+#: (INR-QSM's published patches, 96x96x48 with a stride of one third).
+DEFAULT_PATCH = {"patch_size": [96, 96, 48], "patch_stride_fraction": 1.0 / 3.0, "patch_pad_factor": 2.0}
+
+
+def _run_parameters(df: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """``{run id: parameters}`` from the table's ``parameters`` column (JSON text)."""
+    out: dict[str, dict[str, Any]] = {}
+    for run, text in df.drop_duplicates("method")[["method", "parameters"]].itertuples(index=False):
+        try:
+            value = json.loads(text) if isinstance(text, str) and text else {}
+        except json.JSONDecodeError:
+            value = {}
+        out[str(run)] = value if isinstance(value, dict) else {}
+    return out
+
+
+def ablation_runs(df: pd.DataFrame, methods: Sequence[str] = ABLATION_METHODS) -> dict[str, list[str]]:
+    """``{method: [run ids]}`` for each method of ``methods`` that the table holds under at least
+    two run ids (e.g. ``inr_qsm`` and ``inr_qsm_nocomp``), run ids sorted."""
+    pairs = df[["method", "method_name"]].drop_duplicates()
+    out = {}
+    for name in methods:
+        ids = sorted(set(pairs.loc[pairs["method_name"] == name, "method"]))
+        if len(ids) >= 2:
+            out[name] = ids
+    return out
+
+
+def ablation_table(df: pd.DataFrame, entries: Sequence[Mapping[str, Any]],
+                   methods: Sequence[str] = ABLATION_METHODS) -> pd.DataFrame:
+    """Data-consistency errors of every ablation run with a reconstruction on disk.
+
+    ``entries`` are montage entries (:func:`qsmbench.report.montages_from_runs`: dataset,
+    perturbation, volume folder, ``{run id: chi file or None}``).  One row per (dataset,
+    perturbation, run): ``dc_full`` and ``dc_patch`` in % (:mod:`qsmbench.consistency`, the patch
+    model with the run's own ``patch_size`` / ``patch_stride_fraction`` / ``patch_pad_factor``
+    when it has them, else :data:`DEFAULT_PATCH`), NaN for a failed run.
+    """
+    from . import consistency, io
+
+    groups = ablation_runs(df, methods)
+    params = _run_parameters(df)
+    columns = ["dataset", "perturbation", "method_name", "run", "dc_full", "dc_patch", "patch_size",
+               "patch_stride_fraction"]
+    rows = []
+    for entry in entries:
+        recons = entry.get("recons", {})
+        wanted = [(name, run) for name, ids in groups.items() for run in ids if run in recons]
+        if not wanted:
+            continue
+        vol = io.load_volume(Path(entry["volume_dir"]))
+        for name, run in wanted:
+            p = {**DEFAULT_PATCH, **{k: v for k, v in params.get(run, {}).items() if k in DEFAULT_PATCH}}
+            full = patch = math.nan
+            path = recons[run]
+            if path is not None:
+                chi, affine, _ = io.read_nifti(path, role=f"reconstruction of {run}")
+                io.check_same_grid(Path(entry["volume_dir"]) / io.FIELD, vol.shape, vol.affine, path, chi.shape,
+                                   affine)
+                geometry = (vol.voxel_size_mm, vol.b0_dir)
+                full = 100.0 * consistency.data_consistency_error(chi, vol.field_ppm, vol.mask, *geometry)
+                patch = 100.0 * consistency.patch_data_consistency_error(
+                    chi, vol.field_ppm, vol.mask, *geometry, patch_size=p["patch_size"],
+                    stride_fraction=float(p["patch_stride_fraction"]), pad_factor=float(p["patch_pad_factor"]))
+            rows.append({"dataset": str(entry["dataset"]), "perturbation": str(entry["perturbation"]),
+                         "method_name": name, "run": run, "dc_full": full, "dc_patch": patch,
+                         "patch_size": "x".join(str(int(n)) for n in p["patch_size"]),
+                         "patch_stride_fraction": float(p["patch_stride_fraction"])})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def ablation_figure(dc: pd.DataFrame, summary: pd.DataFrame, runs: Sequence[str], metric_list: Sequence[str],
+                    styles: Mapping[str, MethodStyle], title: str = "", confidence: float = 0.95):
+    """Ablation of one method on one volume: data consistency (left) and metrics (right).
+
+    ``dc``: :func:`ablation_table` rows of this volume; ``summary``: :func:`qsmbench.stats.summarise`
+    rows of one (dataset, reference, level).  Left panel: per run, the relative residual
+    ``||m (D * chi - f)|| / ||m f||`` under the full (zero-padded, whole-volume) forward model
+    (solid bar) and under the patch model (hatched bar).  Then one panel per metric (mean,
+    t-interval whiskers over seeds).
+    """
+    plt = pyplot()
+    valued = set(summary.loc[summary["n"] > 0, "metric"])
+    metric_list = [m for m in metric_list if m in valued]
+    n = 1 + len(metric_list)
+    fig, axes = plt.subplots(1, n, figsize=(3.0 * n + 1.6, 0.5 * len(runs) + 1.9), layout="constrained",
+                             squeeze=False)
+    axes = axes[0]
+    if title:
+        fig.suptitle(title, fontsize=11)
+    ys = np.arange(len(runs))
+    labels = [style_of(styles, r).label for r in runs]
+    by_run = dc.set_index("run") if len(dc) else pd.DataFrame(columns=["dc_full", "dc_patch"])
+    ax = axes[0]
+    h = 0.38
+    for y, run in zip(ys, runs, strict=True):
+        st = style_of(styles, run)
+        if run not in by_run.index or not np.isfinite(by_run.loc[run, "dc_full"]):
+            ax.text(0, y, " n/a", va="center", fontsize=7, color="#888888")
+            continue
+        ax.barh(y - h / 2, by_run.loc[run, "dc_full"], height=h, color=st.colour,
+                label="full forward model" if y == 0 else None)
+        ax.barh(y + h / 2, by_run.loc[run, "dc_patch"], height=h, color="white", edgecolor=st.colour, hatch="///",
+                label="patch model" if y == 0 else None)
+    ax.set_yticks(ys, labels, fontsize=8)
+    ax.set_ylim(len(runs) - 0.5, -0.5)
+    ax.set_title("data consistency ‖m(D∗χ − f)‖ / ‖m f‖", fontsize=9)
+    ax.set_xlabel("relative residual (%): lower is better", fontsize=8)
+    ax.legend(fontsize=7, frameon=False, loc="lower right")
+    by = summary.set_index(["metric", "method"])
+    for ax, metric in zip(axes[1:], metric_list, strict=True):
+        first = summary[summary["metric"] == metric].iloc[0]
+        for y, run in zip(ys, runs, strict=True):
+            if (metric, run) not in by.index or not np.isfinite(by.loc[(metric, run), "mean"]):
+                ax.text(0, y, " n/a", va="center", fontsize=7, color="#888888")
+                continue
+            r = by.loc[(metric, run)]
+            xerr = r["ci_half"] if r["n"] > 1 and np.isfinite(r["ci_half"]) else None
+            ax.barh(y, r["mean"], color=style_of(styles, run).colour, xerr=xerr, capsize=2, error_kw={"elinewidth": 1})
+        ax.set_yticks(ys, [""] * len(runs))
+        ax.set_ylim(len(runs) - 0.5, -0.5)
+        ax.set_title(axis_label(metric, first["unit"]), fontsize=9)
+        ax.set_xlabel(f"{first['better']} is better", fontsize=8)
+    for ax in axes:
+        ax.tick_params(axis="x", labelsize=7)
+        ax.grid(axis="x", alpha=0.3)
+        ax.spines[["top", "right"]].set_visible(False)
+    return fig
+
+
 # --------------------------------------------------------------------------- paper figures
 PAPER_METRICS = ("rmse", "hfen", "xsim", "nrmse", "dnrmse", "roi_error_gm", "roi_error_wm", "slope_error")
 ROBUSTNESS_METRICS = ("nrmse", "xsim")
@@ -485,7 +624,8 @@ def degradation_series(summary: pd.DataFrame, levels: Sequence[str], methods: Se
 
 
 def paper_figures(table: pd.DataFrame | str | os.PathLike, out_dir: str | os.PathLike, *,
-                  montages: Sequence[Mapping[str, Any]] = (), metrics: Sequence[str] = PAPER_METRICS,
+                  montages: Sequence[Mapping[str, Any]] = (), ablation: Sequence[Mapping[str, Any]] = (),
+                  ablation_methods: Sequence[str] = ABLATION_METHODS, metrics: Sequence[str] = PAPER_METRICS,
                   robustness_metrics: Sequence[str] = ROBUSTNESS_METRICS, labels: Mapping[str, str] | None = None,
                   formats: Sequence[str] = ("png", "svg"), dpi: int = 300, correction: str = "holm",
                   confidence: float = 0.95) -> list[Path]:
@@ -497,9 +637,14 @@ def paper_figures(table: pd.DataFrame | str | os.PathLike, out_dir: str | os.Pat
       for noise, voxel size and B0 orientation (and any combination present),
     * ``ranking-{dataset}-{reference}``: mean rank per metric over all volumes,
     * ``runtime``: wall time and peak memory per method (device named),
+    * ``ablation-{dataset}-{reference}`` and ``ablation.csv``: the runs of one method of
+      ``ablation_methods`` (e.g. INR-QSM with and without phase compensation) compared on
+      data consistency (full vs patch forward model, computed from each reconstruction and its
+      input field: ``ablation`` holds montage-style entries) and the metrics, unperturbed,
     * ``summary.csv`` (mean, sd, n, t-interval per dataset/reference/level/method/metric),
       ``comparisons.csv`` (paired Wilcoxon tests, ``correction``-adjusted) and ``README.md``
-      (what each file shows and what produced it).
+      (what each file shows and what produced it, and which figure kind of the INR-QSM paper
+      each file regenerates, with what differs from the paper).
 
     Figures are written in every format of ``formats`` at ``dpi``; stale files of an earlier
     run are removed first.
@@ -571,6 +716,30 @@ def paper_figures(table: pd.DataFrame | str | os.PathLike, out_dir: str | os.Pat
         save(fig, slug("robustness", axis.replace("+", "_")),
              f"Robustness to {axis.replace('+', ' + ')}: {', '.join(rob_metrics)} against level, mean over seeds "
              f"with its {confidence:.0%} t-interval band.", f"qsmbench.figures (degradation curves) from {source}")
+    ablation_rows = ablation_table(df, ablation, ablation_methods) if ablation else pd.DataFrame()
+    if len(ablation_rows):
+        for name, runs_of in ablation_runs(df, ablation_methods).items():
+            for (dataset, reference), s in scored.groupby(["dataset", "reference"], sort=True):
+                base = s[(s["level"] == "none") & s["method"].isin(runs_of)]
+                dc = ablation_rows[(ablation_rows["dataset"] == dataset) & (ablation_rows["perturbation"] == "none")
+                                   & (ablation_rows["method_name"] == name)]
+                if not len(dc):
+                    continue
+                ab_metrics = [m for m in ABLATION_METRICS if m in set(base["metric"])]
+                fig = ablation_figure(dc, base, runs_of, ab_metrics, styles,
+                                      f"Ablation of {name} · {dataset} · reference {reference} · unperturbed",
+                                      confidence)
+                save(fig, slug("ablation", dataset, reference),
+                     f"Ablation of {name} on {dataset} (reference {reference}), unperturbed: runs "
+                     f"{', '.join(runs_of)}; data-consistency error under the full forward model (solid) and the "
+                     f"patch model (hatched), and {', '.join(ab_metrics)}.",
+                     f"qsmbench.figures.ablation_figure (qsmbench.consistency) from {source} and the reconstructions")
+        ablation_path = out / "ablation.csv"
+        results.atomic_write(ablation_path, lambda tmp: ablation_rows.to_csv(tmp, index=False, na_rep="NaN"))
+        written.append(ablation_path)
+        index.append(("ablation.csv", "Data-consistency errors (%) of every ablation run: full forward model "
+                      "(dc_full) and patch model (dc_patch, with the patch geometry used).",
+                      "qsmbench.figures.ablation_table (qsmbench.consistency)"))
     ranks = stats.rank_methods(df)
     for (dataset, reference), r in ranks.groupby(["dataset", "reference"], sort=True):
         order = [m for m in metrics if m in set(r["metric"])] or sorted(set(r["metric"]))
@@ -585,10 +754,10 @@ def paper_figures(table: pd.DataFrame | str | os.PathLike, out_dir: str | os.Pat
              "Reconstruction wall time (median, min–max over runs) and peak memory per method; the device is "
              "named under each method.", f"qsmbench.figures.cost_figure from {source}")
     summary_path = out / "summary.csv"
-    results.atomic_write(summary_path, lambda tmp: summary.to_csv(tmp, index=False, na_rep="NaN"))
+    io.atomic_write(summary_path, lambda tmp: summary.to_csv(tmp, index=False, na_rep="NaN"))
     comparisons = stats.compare_methods(df, correction=correction)
     comparisons_path = out / "comparisons.csv"
-    results.atomic_write(comparisons_path, lambda tmp: comparisons.to_csv(tmp, index=False, na_rep="NaN"))
+    io.atomic_write(comparisons_path, lambda tmp: comparisons.to_csv(tmp, index=False, na_rep="NaN"))
     written += [summary_path, comparisons_path]
     index.append(("summary.csv", f"Mean, sd, n and {confidence:.0%} t-interval over seeds per dataset, reference, "
                   "perturbation level, method and metric.", f"qsmbench.stats.summarise from {source}"))
@@ -602,12 +771,80 @@ def paper_figures(table: pd.DataFrame | str | os.PathLike, out_dir: str | os.Pat
     for stem, what, produced in index:
         files = stem if "." in stem else ", ".join(f"`{stem}.{fmt}`" for fmt in formats)
         lines.append(f"| {files} | {what} | {produced} |")
+    lines += paper_figure_map(index, formats, set(df["method"]), set(df["method_name"]))
     styles_used = {m: styles[m].__dict__ for m in sorted(styles)}
     lines += ["", "Method styles (the same in every figure):", "", "```json",
               json.dumps(styles_used, indent=1, ensure_ascii=False), "```", ""]
-    results.atomic_write(readme, lambda tmp: Path(tmp).write_text("\n".join(lines), encoding="utf-8"))
+    io.atomic_write(readme, lambda tmp: Path(tmp).write_text("\n".join(lines), encoding="utf-8"))
     written.append(readme)
     return written
+
+
+#: Figure kinds of the INR-QSM paper (Zhang et al., Medical Image Analysis 2024;95:103173):
+#: (kind, file stems that regenerate it, what differs from the paper, why it can be missing).
+PAPER_FIGURE_KINDS: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
+    ("Method comparison per dataset (metrics of every method, unperturbed)",
+     ("comparison-", "summary.csv", "comparisons.csv"),
+     "Our data: the embedded MNI-anatomy phantom (a simulation of ours, not the paper's), the 2016 challenge's in-vivo "
+     "data and RC2 Sim1/Sim2 when available; our metric implementations (challenge definitions, qsmbench.metrics). "
+     "Every method is our reimplementation from its paper, not the authors' code: the unsupervised DL comparator is "
+     "uQSM (not confirmed to be the paper's), the supervised DL comparator is QSMnet-style, trained on our phantoms.",
+     "no unperturbed metric values"),
+    ("Slice montages with error maps",
+     ("montage-",),
+     "Central axial, coronal and sagittal slices with one shared χ scale and one shared error scale; the paper shows "
+     "selected slices and zoomed regions of its own data.",
+     "no reconstruction of an unperturbed volume"),
+    ("Robustness to noise, resolution and B0 orientation, against supervised and unsupervised DL",
+     ("robustness-",),
+     "Perturbations simulated by qsmbench.perturb (complex Gaussian noise at peak SNR with ideal unwrapping; k-space "
+     "cropping to coarser or anisotropic voxels; the phantom regenerated with a tilted B0, challenge data re-simulated "
+     "from their reference). Supervised DL = our QSMnet-style network trained on our phantoms with B0 along the last "
+     "axis at one voxel size and no augmentation; unsupervised DL = uQSM; INR-QSM (paper profile) on a subset.",
+     "no perturbations in this configuration"),
+    ("Ablation: phase compensation (and the gradient-domain term)",
+     ("ablation-", "ablation.csv"),
+     "Runs of INR-QSM with phase compensation off (and without the gradient-domain term) next to the full method; the "
+     "data-consistency panel (full zero-padded forward model vs the patch model, qsmbench.consistency) is our "
+     "diagnostic of the non-local error that compensation targets, computed from the maps and their input fields.",
+     "needs at least two runs of INR-QSM (config/paper.yaml: inr_qsm, inr_qsm_nocomp, inr_qsm_nograd)"),
+    ("Runtime",
+     ("runtime",),
+     "Wall time and peak memory of our implementations on the machine that ran them (device named under each "
+     "method); CPU runs of quick profiles are not comparable with the paper's GPU timings.",
+     "no successful run"),
+)
+
+
+def paper_figure_map(index: Sequence[tuple[str, str, str]], formats: Sequence[str], run_ids=(),
+                     method_names=()) -> list[str]:
+    """README lines mapping each figure kind of the INR-QSM paper to the files of this folder."""
+    stems = [stem for stem, _, _ in index]
+    lines = ["", "## The INR-QSM paper's figures", "",
+             "Zhang M et al., Medical Image Analysis 2024;95:103173 (doi:10.1016/j.media.2024.103173). Each figure "
+             "kind of the paper, the files of this folder that regenerate it and what differs from the paper. "
+             "Regenerate with `snakemake --cores all --configfile config/paper.yaml` (the full reproduction; "
+             "`snakemake paper_figures` redraws this folder from existing results).", "",
+             "| figure kind (paper) | files here | what differs from the paper |", "|---|---|---|"]
+    for kind, prefixes, differs, missing in PAPER_FIGURE_KINDS:
+        hits = [st for st in stems if any(st == p or (p.endswith("-") and st.startswith(p)) for p in prefixes)]
+        files = ", ".join(f"`{st}`" if "." in st else f"`{st}.{formats[0]}`" for st in hits) if hits \
+            else f"not produced in this run ({missing})"
+        lines.append(f"| {kind} | {files} | {differs} |")
+    names = set(method_names)
+    notes = []
+    if "qsmnet" not in names:
+        notes.append("No supervised deep-learning baseline ran (method `qsmnet`): the robustness figures lack the "
+                     "paper's supervised comparator.")
+    if "uqsm" not in names:
+        notes.append("No unsupervised deep-learning baseline ran (method `uqsm`).")
+    if not names & {"inr_qsm", "inr_qsm_fast"}:
+        notes.append("INR-QSM did not run.")
+    extra = [st for st in stems if st.startswith("ranking-")]
+    if extra:
+        notes.append("Not in the paper: " + ", ".join(f"`{st}.{formats[0]}`" for st in extra)
+                     + " (mean rank over every perturbed volume).")
+    return lines + ([""] + [f"- {n}" for n in notes] if notes else [])
 
 
 def _draw_degradation(axes_row, axis, labels, methods, metric_list, series, meta, styles, row_title="",
@@ -636,6 +873,8 @@ def _draw_degradation(axes_row, axis, labels, methods, metric_list, series, meta
         ax.spines[["top", "right"]].set_visible(False)
 
 
-__all__ = ["CHI_RANGE_PPM", "EXTRA_PALETTE", "KNOWN_METHODS", "MethodStyle", "cost_figure", "degradation_figure",
-           "degradation_series", "export", "load_montage", "method_styles", "metric_bars_figure", "montage_figure",
-           "paper_figures", "pyplot", "ranking_figure", "slug"]
+__all__ = ["ABLATION_METHODS", "CHI_RANGE_PPM", "EXTRA_PALETTE", "KNOWN_METHODS", "MethodStyle", "ablation_figure",
+           "ablation_runs", "ablation_table", "cost_figure", "degradation_figure", "degradation_series", "export",
+           "load_montage", "method_styles", "metric_bars_figure", "montage_figure", "paper_figure_map", "paper_figures",
+           "pyplot",
+           "ranking_figure", "slug"]

@@ -17,16 +17,19 @@ never leaves a truncated file under the final name.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import numpy as np
+from nibabel.openers import ImageOpener
 
 from .errors import InputError
 from .volume import Volume
@@ -44,36 +47,112 @@ AFFINE_TOLERANCE_MM = 1e-3
 
 
 # --------------------------------------------------------------------------- NIfTI
-def read_nifti(path: str | os.PathLike, *, role: str = "image") -> tuple[np.ndarray, np.ndarray, tuple]:
+#: What :func:`read_nifti` accepts, by ``kind``.
+KINDS = {
+    "real": "real numbers (integer or floating point; not complex, not boolean)",
+    "binary": "a binary mask: 0 outside, 1 inside (boolean, integer or floating point)",
+    "labels": "non-negative integer labels",
+}
+
+
+def read_nifti(path: str | os.PathLike, *, role: str = "image", kind: str = "real"
+               ) -> tuple[np.ndarray, np.ndarray, tuple]:
     """Read a 3-D NIfTI; return ``(data, affine, voxel_size_mm)``.
 
-    Trailing singleton dimensions are dropped; anything else that is not 3-D is an
-    :class:`InputError` naming the file.
+    Trailing singleton dimensions are dropped.  :class:`InputError` naming the file (and
+    ``role``) for: a missing, truncated or corrupt file (NIfTI or gzip); anything not 3-D; a
+    voxel size (``pixdim``) that is zero, negative or not finite -- read from the raw header,
+    because nibabel silently turns 0 into 1 and a negative size into its absolute value; a
+    data type or values that ``kind`` (:data:`KINDS`) does not accept; NaN or infinite values.
     """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
     path = Path(path)
     if not path.exists():
         raise InputError(f"{role} file not found: {path}")
+    if path.is_dir():
+        raise InputError(f"{role} file {path} is a folder; expected a NIfTI file (.nii or .nii.gz)")
     try:
-        img = nib.load(str(path))
+        with _quiet_nibabel():  # nibabel logs its silent header "fixes"; we check the raw header instead
+            img = nib.load(str(path))
+        zooms = _raw_voxel_size(img, path)
         data = np.asanyarray(img.dataobj)
-    except Exception as exc:  # nibabel raises many types for corrupt files
-        raise InputError(f"cannot read {role} file {path}: {exc}") from None
+        affine = img.affine
+    except InputError:
+        raise
+    except Exception as exc:  # nibabel, gzip and numpy raise many types for corrupt files
+        raise InputError(f"cannot read {role} file {path} (a truncated or corrupt NIfTI/gzip file?): "
+                         f"{type(exc).__name__}: {exc}") from None
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim != 3:
         raise InputError(f"{role} file {path} must be 3-D, got shape {data.shape}")
-    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
     if not all(np.isfinite(z) and z > 0 for z in zooms):
-        raise InputError(f"{role} file {path} has invalid voxel size {zooms}")
-    affine = img.affine if img.affine is not None else np.diag([*zooms, 1.0])
-    return np.asarray(data), np.asarray(affine, dtype=float), zooms
+        raise InputError(f"{role} file {path} has the voxel size {_fmt(zooms)} mm in its header (pixdim); "
+                         "expected three positive numbers")
+    data = np.asarray(data)
+    _check_kind(path, role, data, kind)
+    if affine is None:
+        affine = np.diag([*zooms, 1.0])
+    affine = np.asarray(affine, dtype=float)
+    if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
+        raise InputError(f"{role} file {path} has a voxel-to-world matrix (affine) that is not finite")
+    return data, affine, zooms
+
+
+@contextlib.contextmanager
+def _quiet_nibabel():
+    logger = logging.getLogger("nibabel.global")
+    before = logger.disabled
+    logger.disabled = True
+    try:
+        yield
+    finally:
+        logger.disabled = before
+
+
+def _fmt(values) -> str:
+    return " x ".join(f"{v:g}" for v in values)
+
+
+def _raw_voxel_size(img, path: Path) -> tuple[float, float, float]:
+    """pixdim[1:4] as stored in the file (nibabel's header has 0 -> 1 and abs() applied)."""
+    hdr = img.header
+    if isinstance(hdr, nib.Nifti1Header):  # Nifti2Header too
+        with ImageOpener(str(path)) as fh:
+            raw = type(hdr).from_fileobj(fh, check=False)
+        return tuple(float(z) for z in raw["pixdim"][1:4])  # type: ignore[return-value]
+    return tuple(float(z) for z in hdr.get_zooms()[:3])  # type: ignore[return-value]
+
+
+def _check_kind(path: Path, role: str, data: np.ndarray, kind: str) -> None:
+    expected = KINDS[kind]
+    dtype = data.dtype
+    is_bool = dtype.kind == "b"
+    if dtype.fields is not None or not (np.issubdtype(dtype, np.number) or is_bool):
+        raise InputError(f"{role} file {path} has the data type {dtype} (e.g. RGB); expected {expected}")
+    if np.iscomplexobj(data):
+        raise InputError(f"{role} file {path} is complex-valued ({dtype}); expected {expected}"
+                         + (" -- a field map is real: convert complex data to a field (phase) first"
+                            if kind == "real" else ""))
+    if kind == "real" and is_bool:
+        raise InputError(f"{role} file {path} is boolean; expected {expected}")
+    if np.issubdtype(dtype, np.floating) and not np.all(np.isfinite(data)):
+        n = int(data.size - np.count_nonzero(np.isfinite(data)))
+        raise InputError(f"{role} file {path} contains {n} non-finite values (NaN/inf); expected {expected}")
+    if kind == "binary" and not is_bool:
+        odd = data[(data != 0) & (data != 1)]
+        if odd.size:
+            shown = ", ".join(f"{v:g}" for v in np.unique(odd)[:3])
+            raise InputError(f"{role} file {path} is not a binary mask: {odd.size} voxels hold values other than "
+                             f"0 and 1 (e.g. {shown}); expected {expected}")
+    if kind == "labels" and not is_bool and (np.any(data < 0) or np.any(data != np.round(data))):
+        raise InputError(f"{role} file {path} holds negative or non-integer values; expected {expected}")
 
 
 def write_nifti(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray, *,
                 dtype=None) -> Path:
-    """Write ``data`` atomically (temporary file + rename) as NIfTI-1."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``data`` atomically (temporary file + rename, :func:`atomic_write`) as NIfTI-1."""
     arr = np.asarray(data)
     if dtype is not None:
         arr = arr.astype(dtype)
@@ -83,27 +162,50 @@ def write_nifti(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray, *
         arr = arr.astype(np.float32)
     img = nib.Nifti1Image(arr, np.asarray(affine, dtype=float))
     img.header.set_xyzt_units("mm", "sec")
-    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: nib.save(img, tmp))
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write JSON atomically, sorted and indented, with numpy scalars converted."""
+    text = json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n"
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+#: The process's umask, read once at import (``os.umask`` can only be read by setting it).
+_UMASK = _read_umask()
+
+#: Marker in the names of :func:`atomic_write`'s temporary files (hidden: they start with '.').
+TEMP_MARKER = ".qsmtmp-"
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
+    """Call ``write(temporary_path)``, then rename the temporary file onto ``path``.
+
+    The one way every output of qsmbench is written (NIfTI, JSON, parquet, CSV, figures, the
+    report): the temporary file sits in ``path``'s folder (so the rename is atomic on POSIX and
+    Windows) and ends with ``path``'s own suffixes (``.nii.gz``, ``.png``: writers that infer the
+    format from the name keep working).  An interrupted write (exception, SIGINT, SIGKILL) never
+    leaves a truncated file under the final name: readers see the old content or the new one.
+    On an exception the temporary file is removed; after a SIGKILL a hidden
+    ``.{name}.qsmtmp-*`` file may remain, which nothing reads.  The file gets the permissions a
+    plain ``open()`` would give it (0666 less the umask), not mkstemp's 0600.  There is no
+    fsync: the guarantee is against interruption of the process, not against power loss.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    name = path.name
+    suffix = "".join(path.suffixes[-2:]) if name.endswith(".nii.gz") else path.suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}{TEMP_MARKER}", suffix=suffix, dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=2, sort_keys=True, default=_json_default)
-            fh.write("\n")
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -154,18 +256,19 @@ def volume_from_files(field: str | os.PathLike, mask: str | os.PathLike, *,
     arrays: dict[str, Any] = {}
     extra = {"mask": mask, "magnitude": magnitude, "labels": labels, "scoring_mask": scoring_mask}
     extra.update({f"reference '{k}'": v for k, v in (references or {}).items()})
+    kinds = {"mask": "binary", "scoring_mask": "binary", "labels": "labels"}
     for role, path in extra.items():
         if path is None:
             continue
-        data, aff, _ = read_nifti(path, role=role)
+        data, aff, _ = read_nifti(path, role=role, kind=kinds.get(role, "real"))
         check_same_grid(field, field_data.shape, affine, path, data.shape, aff)
-        if role in ("mask", "labels", "scoring_mask") or role.startswith("reference"):
-            _check_finite_file(path, role, data)
         arrays[role] = data
-    _check_finite_file(field, "field", field_data)
     mask_data = arrays["mask"]
     if not np.any(mask_data):
-        raise InputError(f"mask file {mask} is empty (no non-zero voxel)")
+        raise InputError(f"mask file {mask} is empty (no non-zero voxel); expected a brain mask")
+    if np.all(mask_data):
+        raise InputError(f"mask file {mask} covers every voxel ({mask_data.size}); expected a brain mask that leaves "
+                         "out the background (a dipole inversion needs to know where the tissue ends)")
     kwargs: dict[str, Any] = {}
     if b0_tesla is not None:
         kwargs["b0_tesla"] = b0_tesla
@@ -188,12 +291,6 @@ def volume_from_files(field: str | os.PathLike, mask: str | os.PathLike, *,
         )
     except InputError as exc:
         raise InputError(f"{field}: {exc}") from None
-
-
-def _check_finite_file(path, role, data) -> None:
-    if np.issubdtype(data.dtype, np.floating) and not np.all(np.isfinite(data)):
-        n = int(data.size - np.count_nonzero(np.isfinite(data)))
-        raise InputError(f"{role} file {path} contains {n} non-finite values (NaN/inf)")
 
 
 def load_volume(folder: str | os.PathLike) -> Volume:

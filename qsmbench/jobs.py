@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import sys
 import time
 import warnings
+from pathlib import Path
 
 
 @contextlib.contextmanager
@@ -21,7 +23,10 @@ def job(smk, name: str | None = None):
     name = name or getattr(smk, "rule", "job")
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_path:
-        handlers.append(logging.FileHandler(log_path, mode="w"))
+        # truncate, then append: the isolated method process's output (qsmbench.isolate) is
+        # appended to the same file, so both writers must write at its end
+        open(log_path, "w").close()
+        handlers.append(logging.FileHandler(log_path, mode="a"))
     logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.captureWarnings(True)
@@ -35,3 +40,41 @@ def job(smk, name: str | None = None):
         log.exception("%s failed: %s", name, exc)
         sys.exit(1)
     log.info("done in %.2f s", time.perf_counter() - t0)
+
+
+#: Open files whose advisory locks mark this process as the workflow's running instance.
+_HELD: list = []
+
+
+def release_stale_locks(snakemake_dir: str = ".snakemake") -> list[str]:
+    """Remove Snakemake's directory locks when no other instance of this workflow is running.
+
+    Snakemake locks the working directory (``.snakemake/locks/``) and a run that is killed
+    outright (SIGKILL, power cut) leaves the lock behind, so that "the same command again"
+    fails until ``snakemake --unlock``.  Called from the Snakefile by the main Snakemake process
+    (before Snakemake takes its lock), this takes an exclusive advisory lock (``flock``) on
+    ``.snakemake/qsmbench.instance.lock`` and holds it until the process ends -- the kernel
+    releases it however the process ends.  Holding it proves that no other instance of this
+    workflow runs in this directory, so any Snakemake lock present is stale and is removed.
+    When another instance holds it, nothing is touched and Snakemake's own lock protects the
+    directory as usual.  Returns the removed lock files' names (empty on systems without
+    ``fcntl``, where nothing is done).
+    """
+    try:
+        import fcntl  # noqa: PLC0415 - POSIX only
+    except ImportError:
+        return []
+    folder = Path(snakemake_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    fh = open(folder / "qsmbench.instance.lock", "a")  # noqa: SIM115 - held for the process's lifetime
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        return []
+    _HELD.append(fh)
+    locks = folder / "locks"
+    stale = sorted(p.name for p in locks.glob("*.lock")) if locks.is_dir() else []
+    if stale:
+        shutil.rmtree(locks, ignore_errors=True)
+    return stale

@@ -59,6 +59,10 @@ symmetry : str or None
       the result depend on the field's scale).
     * ``None`` (default) -- nothing is guaranteed (e.g. learned methods); such a method is not
       checked.
+timeout_s : dict[str, float]
+    Wall-clock limit (s) of one isolated workflow run by profile (``"default"`` for the others);
+    the base class gives 30 min for ``quick`` and 6 h otherwise.  A method that needs more (or
+    should be stopped sooner) overrides it; the config's ``methods.<run>.timeout_s`` wins.
 
 Instance attributes set by a method
 -----------------------------------
@@ -101,6 +105,10 @@ class Method:
     tuned_on: ClassVar[dict[str, Any] | None] = None
     #: What the method guarantees under f -> a f ("linear", "odd" or None); see the module docstring.
     symmetry: ClassVar[str | None] = None
+    #: Wall-clock limit (s) of one isolated workflow run -- process start-up, ``prepare`` and
+    #: ``reconstruct`` -- by profile; ``"default"`` serves the profiles not listed.  Past it the
+    #: run is killed with status ``timeout``.  The config's ``methods.<run>.timeout_s`` overrides.
+    timeout_s: ClassVar[dict[str, float]] = {"quick": 1800.0, "default": 6 * 3600.0}
 
     def __init__(self, *, profile: str | None = None, seed: int = 0, device: str = "cpu",
                  **params: Any):
@@ -140,6 +148,12 @@ class Method:
                     cls.parameter_types.get(key, type(None))()
                 params[key] = _coerce_like(default, value, f"{cls.name}.{key}")
         return params
+
+    @classmethod
+    def timeout_for(cls, profile: str | None = None) -> float:
+        """The wall-clock limit (s) of a run with ``profile`` (see :attr:`timeout_s`)."""
+        limits = {**Method.timeout_s, **cls.timeout_s}
+        return float(limits.get(profile or "default", limits["default"]))
 
     # ------------------------------------------------------------------ the contract
     def prepare(self, train: Sequence[Volume]) -> None:
@@ -225,6 +239,10 @@ def check_class(cls: type) -> list[str]:
         problems.append(f"{cls.__name__}.references must cite the method's paper")
     if cls.reconstruct is Method.reconstruct:
         problems.append(f"{cls.__name__} does not implement reconstruct()")
+    limits = getattr(cls, "timeout_s", None)
+    if not isinstance(limits, dict) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in limits.values()):
+        problems.append(f"{cls.__name__}.timeout_s must map profile names to positive numbers of seconds")
     for pname, prof in cls.profiles.items():
         unknown_p = set(prof) - set(cls.parameters)
         if unknown_p:

@@ -13,12 +13,14 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import importlib.metadata
 import importlib.util
 import inspect
 import os
 import sys
+import traceback
 import zlib
 from collections.abc import Iterable
 from pathlib import Path
@@ -90,6 +92,63 @@ def load_module_from_file(path: str | os.PathLike):
     return module
 
 
+def import_method_file(path: str | os.PathLike):
+    """:func:`load_module_from_file`, with errors that name the file and the line.
+
+    A syntax error, or any exception raised while the file is imported, becomes a
+    :class:`~qsmbench.errors.MethodError` (no traceback needed to find it); an ``ImportError``
+    (a missing dependency) is re-raised as is, for the caller to decide (the registry lists the
+    method as unavailable).  Then the file's Method classes are checked for duplicates: a class
+    defined twice (the second silently replaces the first) or two classes registering one name.
+    """
+    path = Path(path)
+    try:
+        module = load_module_from_file(path)
+    except SyntaxError as exc:
+        where = f"line {exc.lineno}" + (f", column {exc.offset}" if exc.offset else "")
+        text = (exc.text or "").strip()
+        raise MethodError(f"method file {exc.filename or path} has a syntax error at {where}: {exc.msg}"
+                          + (f" in: {text}" if text else "")) from None
+    except ImportError:
+        raise
+    except Exception as exc:
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename).resolve() == _target(path)]
+        where = f" (line {frames[-1].lineno})" if frames else ""
+        raise MethodError(f"method file {path} fails when imported{where}: {type(exc).__name__}: {exc}") from None
+    _check_duplicates(path, module)
+    return module
+
+
+def _target(path: Path) -> Path:
+    path = path.resolve()
+    return path / "__init__.py" if path.is_dir() else path
+
+
+def _check_duplicates(path: Path, module) -> None:
+    classes = classes_in_module(module)
+    try:
+        tree = ast.parse(_target(path).read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError):
+        tree = None
+    if tree is not None:
+        lines: dict[str, list[int]] = {}
+        for node in tree.body:
+            if isinstance(node, ast.ClassDef):
+                lines.setdefault(node.name, []).append(node.lineno)
+        for cls in classes:
+            where = lines.get(cls.__name__, [])
+            if len(where) > 1:
+                raise MethodError(f"method file {path} defines the class {cls.__name__} {len(where)} times (lines "
+                                  f"{', '.join(map(str, where))}); only the last one would count -- rename or "
+                                  "remove the others")
+    names: dict[str, str] = {}
+    for cls in classes:
+        if cls.name in names:
+            raise MethodError(f"method file {path}: the classes {names[cls.name]} and {cls.__name__} both register "
+                              f"the method name '{cls.name}'; method names must be unique")
+        names[cls.name] = cls.__name__
+
+
 def classes_in_module(module) -> list[type[Method]]:
     """Method subclasses defined in ``module`` itself (not imported into it)."""
     return [obj for _, obj in inspect.getmembers(module, inspect.isclass)
@@ -156,7 +215,7 @@ def discover(extra_dirs: Iterable[str | os.PathLike] = (), *, entry_points: bool
 
 def _infos_from_file(path: Path) -> list[MethodInfo]:
     try:
-        module = load_module_from_file(path)
+        module = import_method_file(path)
     except ImportError as exc:
         # A plugin whose dependency is absent is unavailable, not fatal.
         return [MethodInfo(path.stem, None, str(path), False, f"import failed: {exc}")]

@@ -355,7 +355,7 @@ def render_report(table: pd.DataFrame | str | os.PathLike, out_html: str | os.Pa
                              autoescape=True, undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True)
     text = env.get_template(TEMPLATE).render(**context)
-    out = results.atomic_write(out_html, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    out = io.atomic_write(out_html, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     out.chmod(0o644)  # a web page: readable by whoever serves it (mkstemp makes 0600)
     return out
 
@@ -511,7 +511,7 @@ def _results(b: _Builder, headline: Sequence[str]) -> list[dict[str, Any]]:
         out.append({"dataset": dataset, "anchor": _anchor("dataset", dataset), "blocks": blocks,
                     "note": "" if refs else (
                         "Nothing was scored on this dataset: "
-                        + ("every run failed." if (runs_here["run_status"] == "failed").all()
+                        + ("every run failed." if (runs_here["run_status"] != "ok").all()
                            else "it has no reference χ."))})
     return out
 
@@ -531,7 +531,7 @@ def _metric_table(b: _Builder, dataset: str, reference: str, s: pd.DataFrame) ->
     cells, means = {}, {}
     for method in methods:
         mruns = runs_here[runs_here["method"] == method]
-        n_failed = int((mruns["run_status"] == "failed").sum())
+        n_failed = int((mruns["run_status"] != "ok").sum())
         errors = "; ".join(sorted({e for e in mruns["error"] if e}))
         for metric in metric_names:
             r = by.get((method, metric))
@@ -875,11 +875,14 @@ def _not_run(b: _Builder, not_run: Mapping[str, str]) -> dict[str, Any]:
 
 
 def _failures(b: _Builder) -> dict[str, Any]:
-    failed = b.run_table[b.run_table["run_status"] == "failed"]
+    failed = b.run_table[b.run_table["run_status"] != "ok"]
     rows = [[b.method_cell(r.method), _cell(r.dataset), _cell(r.perturbation), _cell(r.seed),
-             _cell(r.error or "no error recorded", cls="error")] for r in failed.itertuples(index=False)]
-    return b.table("failed_runs", ["method", "dataset", "perturbation", "seed", "error"], rows,
-                   f"qsmbench.report from {b.source}: runs with run_status = failed (error from run.json)",
+             _cell(r.run_status, cls="failed"), _cell(r.error or "no error recorded", cls="error"),
+             _cell(r.log_tail or "—", cls="log")] for r in failed.itertuples(index=False)]
+    return b.table("failed_runs", ["method", "dataset", "perturbation", "seed", "status", "error",
+                                   "last lines of the method's output"], rows,
+                   f"qsmbench.report from {b.source}: runs with run_status failed, timeout or oom (error and "
+                   "log tail from run.json; the whole output is in the job's log under logs/recon/)",
                    collapsed=len(rows) > 40, summary=f"{len(rows)} failed runs")
 
 

@@ -22,7 +22,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -31,9 +30,10 @@ import pandas as pd
 
 from . import io, metrics
 from .errors import InputError
+from .io import atomic_write  # the one atomic writer; re-exported for callers of results
 
-#: Status of a run, as written by the runner in ``run.json``.
-RUN_STATUSES = ("ok", "failed")
+#: Status of a run, as written by the runner in ``run.json`` (:data:`qsmbench.runner.STATUSES`).
+RUN_STATUSES = ("ok", "failed", "timeout", "oom")
 
 #: Status of a row of the table.
 ROW_STATUSES = ("ok", "not_applicable", "run_failed")
@@ -55,8 +55,11 @@ COLUMNS: dict[str, str] = {
     "reason": "why there is no value: the metric's reason or the run's error; '' when status is 'ok'",
     "better": "'lower' or 'higher': which direction of the value is better",
     "unit": "unit of value ('%', 'dB', 'ppm', '' for unitless)",
-    "run_status": "status of the reconstruction run: 'ok' or 'failed'",
+    "run_status": "status of the reconstruction run: 'ok', 'failed' (the method raised, returned a bad array "
+                  "or crashed), 'timeout' (killed past its wall-clock limit) or 'oom' (out of memory)",
     "error": "the run's error as 'ExcType: message'; '' when the run succeeded",
+    "log_tail": "the last lines of the method's output when the run did not succeed (run.json's log_tail); '' "
+                "otherwise",
     "wall_s": "wall-clock time of the timed reconstruction, s",
     "cpu_s": "CPU time of the timed reconstruction (all threads), s",
     "prepare_s": "wall-clock time of the untimed preparation (training, caching), s",
@@ -90,7 +93,8 @@ EXTRA_COLUMNS: dict[str, str] = {
 }
 
 #: Schema columns newer than some stored tables: filled with '' when a table lacks them.
-_ADDED_COLUMNS = ("data_sha256", "phantom_model", "phantom_version", "trained_on", "tuned_on", "profile_reason")
+_ADDED_COLUMNS = ("data_sha256", "phantom_model", "phantom_version", "trained_on", "tuned_on", "profile_reason",
+                  "log_tail")
 
 #: The columns that identify a row, in sort order.
 KEY_COLUMNS = ("dataset", "reference", "perturbation", "method", "seed", "metric")
@@ -147,8 +151,8 @@ def evaluate_run(run_json_path: str | os.PathLike, volume_dir: str | os.PathLike
     record["data_sha256"] = digest_of(record["data_files"])
     record["phantom_model"] = str(vol.meta.get("model", "")) if vol.meta.get("phantom_version") else ""
     record["phantom_version"] = str(vol.meta.get("phantom_version") or "")
-    if run["status"] == "failed":
-        record["notes"].append("the reconstruction failed, so nothing was scored")
+    if run["status"] != "ok":
+        record["notes"].append(f"the reconstruction did not succeed (status {run['status']}), so nothing was scored")
     elif not vol.references:
         record["notes"].append(f"the volume {volume_dir} has no reference, so nothing was scored")
     else:
@@ -176,6 +180,8 @@ def volume_checksums(volume_dir: str | os.PathLike) -> dict[str, str]:
     """
     out = {}
     for path in sorted(Path(volume_dir).glob("*.nii*")):
+        if path.name.startswith("."):  # a temporary file left by an interrupted writer
+            continue
         h = hashlib.sha256()
         opener = gzip.open if path.name.endswith(".gz") else open
         try:
@@ -259,6 +265,7 @@ def _rows_of(record: Any, path: Path) -> list[dict[str, Any]]:
         "seed": seed,
         "run_status": status,
         "error": _text(run.get("error")),
+        "log_tail": _text(run.get("log_tail")) if status != "ok" else "",
         "wall_s": _number(run.get("wall_s")),
         "cpu_s": _number(run.get("cpu_s")),
         "prepare_s": _number(run.get("prepare_s")),
@@ -278,8 +285,8 @@ def _rows_of(record: Any, path: Path) -> list[dict[str, Any]]:
         "tuned_on": _provenance_text(run.get("tuned_on")),
     }
     rows = []
-    if status == "failed" or not record["references"]:
-        if status == "failed":
+    if status != "ok" or not record["references"]:
+        if status != "ok":
             row_status, reason = "run_failed", _text(run.get("error")) or "the run failed (no error recorded)"
         else:
             row_status = "not_applicable"
@@ -395,27 +402,9 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
     return as_table(df, str(path))
 
 
-def atomic_write(path: str | os.PathLike, write) -> Path:
-    """Call ``write(temporary_path)`` in ``path``'s folder, then rename onto ``path``.
-
-    An interrupted job never leaves a truncated file under the final name.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def runs(df: pd.DataFrame) -> pd.DataFrame:
     """One row per run (dataset, perturbation, method, seed) with its run-level columns."""
-    cols = ["dataset", "perturbation", "method", "seed", "run_status", "error", "wall_s", "cpu_s",
+    cols = ["dataset", "perturbation", "method", "seed", "run_status", "error", "log_tail", "wall_s", "cpu_s",
             "prepare_s", "peak_rss_mb", "peak_gpu_mb", "method_name", "profile", "profile_reason", "device",
             "parameters", "qsmbench_version", "git_commit", "data_sha256", "phantom_model", "phantom_version",
             "trained_on", "tuned_on"]

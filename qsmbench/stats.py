@@ -325,7 +325,7 @@ def rank_methods(df: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.D
     first (shared firsts count), ``n_failed`` those where its run failed (worst rank).
     """
     per_volume = volume_values(df, metrics)
-    failed = df[df["run_status"] == "failed"][["dataset", "perturbation", "method"]].drop_duplicates()
+    failed = df[df["run_status"] != "ok"][["dataset", "perturbation", "method"]].drop_duplicates()
     better_of = df.groupby("metric")["better"].first().to_dict()
     rows = []
     for (dataset, reference, metric), group in per_volume.groupby(["dataset", "reference", "metric"], sort=True):

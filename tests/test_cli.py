@@ -170,7 +170,7 @@ def test_reconstruct_without_profile_uses_auto_and_says_which(tmp_path, capsys):
     plugins = tmp_path / "plugins"
     plugins.mkdir()
     (plugins / "gpu_capable.py").write_text(GPU_PLUGIN)
-    main(["phantom", str(tmp_path / "ph"), "--shape", "16", "16", "16"])
+    main(["phantom", str(tmp_path / "ph"), "--model", "analytic", "--shape", "16", "16", "16"])
     args = ["reconstruct", "gpu_capable", "--field", str(tmp_path / "ph" / "field_ppm.nii.gz"),
             "--mask", str(tmp_path / "ph" / "mask.nii.gz"), "--methods-dir", str(plugins),
             "--run-json", str(tmp_path / "run.json")]

@@ -23,7 +23,7 @@ def test_default_and_paper_configs_validate():
 def test_method_runs_fill_defaults():
     # no profile key: auto, the default of the schema and of config/config.yaml (paper on CUDA, quick on the CPU)
     runs = method_runs(validate_config(GOOD))
-    assert runs["tkd"] == {"method": "tkd", "profile": "auto", "params": {}}
+    assert runs["tkd"] == {"method": "tkd", "profile": "auto", "params": {}, "timeout_s": None, "mem_mb": None}
     assert runs["tkd_s"]["method"] == "tkd" and runs["tkd_s"]["params"] == {"variant": "shmueli"}
 
 

@@ -21,12 +21,12 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..io import atomic_write
 
 ENV_DATA = "QSMBENCH_DATA"
 LOCK_NAME = "checksums.lock.json"
@@ -132,15 +132,8 @@ class ChecksumLock:
                 "recorded_utc": _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat(),
             }
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{LOCK_NAME}.", dir=self.path.parent)
-            try:
-                with os.fdopen(fd, "w") as fh:
-                    json.dump(data, fh, indent=2, sort_keys=True)
-                    fh.write("\n")
-                os.replace(tmp, self.path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+            atomic_write(self.path, lambda tmp: Path(tmp).write_text(text))
 
 
 def check_file(path: Path, key: str, *, official: str | None, lock: ChecksumLock, what: str) -> tuple[str, str]:

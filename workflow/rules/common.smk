@@ -23,6 +23,15 @@ try:
 except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
 
+if workflow.is_main_process:
+    # A run killed outright leaves Snakemake's directory lock behind; remove it when no other
+    # instance of this workflow runs here, so that the same command simply resumes.
+    from qsmbench.jobs import release_stale_locks  # noqa: E402
+
+    if _stale := release_stale_locks():
+        print(f"qsmbench: removed the stale Snakemake lock(s) {', '.join(_stale)} left by an interrupted run "
+              "(no other instance of this workflow is running here)", file=sys.stderr)
+
 RUNS = method_runs(config)
 # Classes of the registered methods by name (None when a file failed to import).  They load
 # without torch (the deep-learning methods import it lazily), so GPU-ness and the software
@@ -168,5 +177,26 @@ def reconstruct_gpus(wildcards):
 
 
 def reconstruct_mem_mb(wildcards):
-    """More memory for the GPU-first (deep-learning) methods, which also run on the CPU."""
+    """The run's mem_mb, else more for the GPU-first (deep-learning) methods, which also run on the
+    CPU.  The runner kills a reconstruction whose resident memory exceeds it (status oom)."""
+    mem_mb = RUNS[wildcards.run]["mem_mb"]
+    if mem_mb is not None:
+        return mem_mb
     return 16000 if "gpu" in getattr(run_class(wildcards.run), "uses", ()) else 6000
+
+
+def reconstruct_timeout_s(wildcards):
+    """The run's timeout_s, else the method's default for the profile the run will resolve to."""
+    from qsmbench.method import Method  # noqa: PLC0415
+    from qsmbench.runner import expected_profile  # noqa: PLC0415
+
+    run = RUNS[wildcards.run]
+    if run["timeout_s"] is not None:
+        return float(run["timeout_s"])
+    cls = run_class(wildcards.run) or Method  # unavailable: the run fails fast
+    return cls.timeout_for(expected_profile(cls, run["profile"], config.get("device", "auto")))
+
+
+def reconstruct_runtime(wildcards):
+    """Scheduler runtime (minutes): the run's time limit plus a margin for loading and writing."""
+    return int(reconstruct_timeout_s(wildcards) // 60) + 10

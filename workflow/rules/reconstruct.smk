@@ -8,6 +8,7 @@ rule reconstruct:
         run=lambda wildcards: RUNS[wildcards.run],
         device=config.get("device", "auto"),
         method_dirs=config.get("method_dirs", []),
+        timeout_s=reconstruct_timeout_s,
     log:
         "logs/recon/{dataset}/{perturbation}/{run}.log",
     conda:
@@ -16,6 +17,6 @@ rule reconstruct:
     resources:
         mem_mb=reconstruct_mem_mb,
         gpu=reconstruct_gpus,  # 1 for GPU-capable methods (SLURM plugin: --gpus=1), else none
-        runtime=60,
+        runtime=reconstruct_runtime,
     script:
         "../scripts/reconstruct.py"

@@ -8,6 +8,8 @@ from qsmbench.report import montages_from_runs
 
 with job(snakemake) as log:
     volumes = {d: Path(m).parent for d, m in zip(snakemake.params.datasets, snakemake.input.volumes)}
-    written = paper_figures(snakemake.input.table, snakemake.output[0],
-                            montages=montages_from_runs(snakemake.input.runs, volumes))
+    # one entry per unperturbed volume: its folder and every run's reconstruction -- the slice
+    # montages and the ablation's data-consistency errors (chi against its input field) use them
+    entries = montages_from_runs(snakemake.input.runs, volumes)
+    written = paper_figures(snakemake.input.table, snakemake.output[0], montages=entries, ablation=entries)
     log.info("%d files in %s", len(written), snakemake.output[0])

@@ -1,4 +1,8 @@
-"""Rule reconstruct: one method on one (perturbed) volume -> chi_ppm.nii.gz + run.json."""
+"""Rule reconstruct: one method on one (perturbed) volume -> chi_ppm.nii.gz + run.json.
+
+The method runs in a child process limited to params.timeout_s seconds and resources.mem_mb MB
+(qsmbench.runner.run_job); its output goes to this job's log.
+"""
 
 from pathlib import Path
 
@@ -11,7 +15,8 @@ with job(snakemake) as log:
                      method=run["method"], params=run["params"], profile=run["profile"],
                      device=snakemake.params.device, dataset=snakemake.wildcards.dataset,
                      perturbation=snakemake.wildcards.perturbation, threads=snakemake.threads,
-                     extra_dirs=snakemake.params.method_dirs)
+                     extra_dirs=snakemake.params.method_dirs, timeout_s=snakemake.params.timeout_s,
+                     mem_limit_mb=snakemake.resources.mem_mb, log_path=snakemake.log[0])
     log.info("status %s, wall %s s, peak RSS %s MB", record["status"], record["wall_s"], record["peak_rss_mb"])
     if record["traceback"]:
         log.error("method failed (recorded in run.json):\n%s", record["traceback"])
