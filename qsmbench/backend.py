@@ -411,11 +411,11 @@ class TorchBackend(Backend):
 
     # -- FFTs (counted) -----------------------------------------------------------------------
     def rfftn(self, x):
-        physics.add_fft_calls(1)
+        physics.add_fft_calls(1, double=x.dtype == self.torch.float64)
         return self.torch.fft.rfftn(x, dim=(-3, -2, -1))
 
     def irfftn(self, spec, shape):
-        physics.add_fft_calls(1)
+        physics.add_fft_calls(1, double=spec.dtype == self.torch.complex128)
         return self.torch.fft.irfftn(spec, s=tuple(shape), dim=(-3, -2, -1))
 
     # -- elementwise ----------------------------------------------------------------------------

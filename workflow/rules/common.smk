@@ -200,3 +200,18 @@ def reconstruct_timeout_s(wildcards):
 def reconstruct_runtime(wildcards):
     """Scheduler runtime (minutes): the run's time limit plus a margin for loading and writing."""
     return int(reconstruct_timeout_s(wildcards) // 60) + 10
+
+
+def pretrain_threads(wildcards):
+    """Threads of a training job.  Training is the run's critical path (its reconstructions wait
+    for it) but must not serialise the run: locally it gets half of --cores (at least 1, at most
+    8), so the classical jobs, which do not depend on it, run beside it on the other half (with 2
+    cores: one each).  On a cluster (--jobs, executor nodes) each job has its node: 8.  Override
+    with --set-threads pretrain=N."""
+    if workflow.resource_settings.nodes is not None:
+        return 8
+    try:
+        cores = workflow.cores
+    except WorkflowError:  # no --cores (dry run)
+        return 8
+    return max(1, min(8, int(cores) // 2))
