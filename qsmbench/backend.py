@@ -352,6 +352,17 @@ _POOL: list[ThreadPoolExecutor | None] = [None]
 _POOL_LOCK = threading.Lock()
 
 
+def _forget_pool() -> None:
+    """In a forked child: the parent's pool threads do not exist there."""
+    global _POOL_LOCK
+    _POOL[0] = None
+    _POOL_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
 def _pool() -> ThreadPoolExecutor:
     with _POOL_LOCK:
         if _POOL[0] is None or _POOL[0]._max_workers < _threads():  # noqa: SLF001

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import functools
 import hashlib
 import logging
 import os
@@ -470,14 +471,17 @@ def _run_isolated(request: dict[str, Any], base: dict[str, Any], out_dir: Path, 
         exchange.mkdir()
         request = {**request, "exchange": str(exchange)}
         write_json(exchange / "request.json", request)
-        outcome = run_limited([sys.executable, "-m", "qsmbench._child", str(exchange / "request.json")],
+        request_path = str(exchange / "request.json")
+        outcome = run_limited([sys.executable, "-m", "qsmbench._child", request_path],
                               cwd=work, env=child_env(work, request["threads"]), timeout_s=timeout_s,
-                              mem_limit_mb=mem_limit_mb, log_path=log_path)
+                              mem_limit_mb=mem_limit_mb, log_path=log_path,
+                              target=functools.partial(_forked_child_main, request_path, os.getpid()))
         record = _classify(outcome, exchange, base, timeout_s=timeout_s, mem_limit_mb=mem_limit_mb)
         record["isolation"] = {
             "timeout_s": timeout_s, "mem_limit_mb": mem_limit_mb, "elapsed_s": round(outcome.elapsed_s, 3),
             "peak_tree_rss_mb": round(outcome.peak_rss_mb, 1), "exit_code": outcome.returncode,
             "output_bytes": outcome.output_bytes, "output_omitted_bytes": outcome.omitted_bytes,
+            "start": outcome.start,
         }
         record["log_tail"] = outcome.tail if record["status"] not in ("ok", "unavailable") else None
         if write is not None:
@@ -527,6 +531,15 @@ def _classify(outcome, exchange: Path, base: dict[str, Any], *, timeout_s: float
         status, error = "failed", f"ProcessError: the method's process {how} before recording a result{hint}"
     record.update(status=status, error=error)
     return record
+
+
+def _forked_child_main(request_path: str, parent_pid: int) -> int:
+    """:func:`child_main` in a forked child (qsmbench.isolate set up its streams, signals and
+    stack dumps, as ``qsmbench._child`` does in a new interpreter)."""
+    from .isolate import die_with_parent  # noqa: PLC0415
+
+    die_with_parent(parent_pid)
+    return child_main(request_path)
 
 
 def child_main(request_path: str | os.PathLike) -> int:
