@@ -66,6 +66,8 @@ TAIL_BYTES = 1 * 2**20
 TAIL_CHARS = 4000
 #: Lines of output kept for run.json's ``log_tail``.
 TAIL_LINES = 40
+#: Characters kept of each line of ``log_tail`` (the log file keeps whole lines).
+TAIL_LINE_CHARS = 300
 
 
 @dataclasses.dataclass
@@ -165,7 +167,10 @@ class BoundedLog:
                     kept.append("  (the frames of the parent process it was forked from: see the log)")
                     skipping = True
             text = kept
-        return "\n".join(text[-lines:])[-chars:]
+        # a very long line (e.g. faulthandler's list of extension modules after a crash's stacks)
+        # is shortened so that it cannot push the lines before it out of the character budget
+        text = [ln if len(ln) <= TAIL_LINE_CHARS else ln[:TAIL_LINE_CHARS] + " [...]" for ln in text[-lines:]]
+        return "\n".join(text)[-chars:]
 
 
 def _tree(proc: psutil.Process) -> list[psutil.Process]:
