@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from qsmbench.backend import for_method as backend_for
 from qsmbench.errors import ConfigError
 from qsmbench.method import Method
-from qsmbench.physics import difference_kernel_sq, dipole_kernel, kspace_filter
+from qsmbench.operators import kspace_filter
+from qsmbench.physics import difference_kernel_sq, dipole_kernel
 
 
 class CFL2(Method):
@@ -27,6 +29,7 @@ class CFL2(Method):
 
     name = "cfl2"
     symmetry = "linear"   # a fixed k-space filter
+    uses = {"gpu_optional"}   # torch on a CUDA device when device cuda is asked for (qsmbench.backend)
     parameters = {"lam": 0.09, "d0": 1.0 / 3.0, "mask_field": False, "pad_factor": 1.0}
     references = [
         "Bilgic B et al. Fast quantitative susceptibility mapping with L1-regularization and "
@@ -48,5 +51,6 @@ class CFL2(Method):
                 k = np.where(denom > 0, d / denom, 0.0)
             return k.astype(np.float32)
 
-        chi = kspace_filter(field.astype(np.float32), inverse_filter, pad_factor=p["pad_factor"])
+        chi = kspace_filter(field.astype(np.float32), inverse_filter, pad_factor=p["pad_factor"],
+                            backend=backend_for(self))
         return chi * vol.mask

@@ -42,12 +42,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from qsmbench import operators, physics
+from qsmbench.backend import Backend
+from qsmbench.backend import for_method as backend_for
 from qsmbench.errors import ConfigError
 from qsmbench.method import Method
+
+#: Step 1's ``lsqr_precision`` -> (dtype of the LSQR vectors, dtype of the FFTs).
+LSQR_PRECISIONS = {"double": (np.float64, np.float64), "mixed": (np.float64, np.float32),
+                   "single": (np.float32, np.float32)}
 
 #: numpy percentile methods accepted (``"hazen"`` is MATLAB's ``prctile``).
 PERCENTILE_METHODS = ("hazen", "linear", "weibull", "median_unbiased", "normal_unbiased",
@@ -80,65 +87,10 @@ def ramp_weights(values: np.ndarray, mask: np.ndarray, low_pct: float, high_pct:
     return w
 
 
-def _shifted(x: np.ndarray, k: int, axis: int, fill) -> np.ndarray:
-    """``out[i] = x[i + k]`` along ``axis``, ``fill`` where ``i + k`` is outside the array."""
-    out = np.full_like(x, fill)
-    n = x.shape[axis]
-    src = [slice(None)] * x.ndim
-    dst = [slice(None)] * x.ndim
-    if k >= 0:
-        src[axis], dst[axis] = slice(k, n), slice(0, n - k)
-    else:
-        src[axis], dst[axis] = slice(0, n + k), slice(-k, n)
-    out[tuple(dst)] = x[tuple(src)]
-    return out
-
-
-def laplacian(field: np.ndarray, mask: np.ndarray, voxel_size_mm: Sequence[float], *,
-              adaptive: bool = True) -> np.ndarray:
-    """Voxel-size-scaled discrete Laplacian ``sum_i d2f/dx_i^2`` (units of field per mm^2).
-
-    ``adaptive=True`` (default) uses only samples inside ``mask`` per axis: the central stencil
-    ``f[i-1] - 2f[i] + f[i+1]`` where both neighbours are in the mask, else the one-sided
-    ``f[i] - 2f[i+-1] + f[i+-2]`` where those two are, else 0 -- so that the mask edge (where the
-    local field is undefined) does not look like a source.  ``adaptive=False`` is the plain
-    7-point stencil of ``mask * field``, zero beyond the array.  The result is 0 outside ``mask``.
-    """
-    f = np.where(mask, field, 0).astype(np.float32)
-    lap = np.zeros_like(f)
-    for axis in range(3):
-        h2 = float(voxel_size_mm[axis]) ** 2
-        fp1, fm1 = _shifted(f, 1, axis, 0.0), _shifted(f, -1, axis, 0.0)
-        central = fp1 - 2 * f + fm1
-        if not adaptive:
-            lap += central / h2
-            continue
-        mp1, mm1 = _shifted(mask, 1, axis, False), _shifted(mask, -1, axis, False)
-        mp2, mm2 = _shifted(mask, 2, axis, False), _shifted(mask, -2, axis, False)
-        forward = f - 2 * fp1 + _shifted(f, 2, axis, 0.0)
-        backward = f - 2 * fm1 + _shifted(f, -2, axis, 0.0)
-        term = np.where(mp1 & mm1, central,
-                        np.where(mp1 & mp2, forward, np.where(mm1 & mm2, backward, 0.0)))
-        lap += term / h2
-    lap[~mask] = 0.0
-    return lap
-
-
-def masked_gradient(x: np.ndarray, mask: np.ndarray, voxel_size_mm: Sequence[float]) -> np.ndarray:
-    """Mask-adaptive first differences (per mm), shape ``(3, *x.shape)``.
-
-    Forward difference where the next voxel is in ``mask``, else backward where the previous one
-    is, else 0; 0 outside ``mask``.
-    """
-    x = np.asarray(x, dtype=np.float32)
-    out = np.zeros((3, *x.shape), np.float32)
-    for axis in range(3):
-        h = float(voxel_size_mm[axis])
-        mp1, mm1 = _shifted(mask, 1, axis, False), _shifted(mask, -1, axis, False)
-        fwd = (_shifted(x, 1, axis, 0.0) - x) / h
-        bwd = (x - _shifted(x, -1, axis, 0.0)) / h
-        out[axis] = np.where(mask & mp1, fwd, np.where(mask & mm1, bwd, 0.0))
-    return out
+#: The mask-adaptive stencils live in :mod:`qsmbench.operators` (one implementation, shared).
+_shifted = operators.shifted
+laplacian = operators.masked_laplacian
+masked_gradient = operators.masked_gradient
 
 
 def laplacian_weights(field: np.ndarray, mask: np.ndarray, voxel_size_mm: Sequence[float], *,
@@ -191,37 +143,11 @@ def cone_mask(kernel: np.ndarray, threshold: float = 0.1) -> np.ndarray:
 # --------------------------------------------------------------------------- spectra
 def _half_norm_fn(nz: int) -> Callable[[np.ndarray], float]:
     """Norm of a real signal from its half spectrum (``rfftn`` layout), equal to the norm of the
-    full spectrum: interior ``kz`` planes stand for two samples, ``kz = 0`` (and Nyquist) for one."""
-    last = nz % 2 == 0
-
-    def norm(x: np.ndarray) -> float:
-        s = 2.0 * float(np.vdot(x, x).real)
-        p = x[..., 0]
-        s -= float(np.vdot(p, p).real)
-        if last:
-            p = x[..., -1]
-            s -= float(np.vdot(p, p).real)
-        return math.sqrt(max(s, 0.0))
-
-    return norm
+    full spectrum (:func:`qsmbench.operators.half_spectrum_norm`)."""
+    return lambda x: operators.half_spectrum_norm(x, nz)
 
 
-def hermitian_consistent(kernel: np.ndarray, nz: int) -> np.ndarray:
-    """A real half-spectrum kernel made even on the ``kz = 0`` (and even-``nz`` Nyquist) planes.
-
-    On even-sized grids with an oblique B0, ``D`` differs between ``k`` and ``-k`` on the Nyquist
-    rows of those planes, so ``K . rfftn(x)`` is not the spectrum of a real signal.  ``irfftn``
-    keeps only its Hermitian part, i.e. it filters with the mirrored average of ``K`` -- which this
-    returns, so that the k-space LSQR operator is exactly symmetric and the cone mask an exact
-    projection.  Kernels that are already consistent are returned unchanged.
-    """
-    out = np.array(kernel, copy=True)
-    planes = [0, -1] if nz % 2 == 0 and out.shape[2] > 1 else [0]
-    for p in planes:
-        plane = out[..., p]
-        mirrored = np.roll(np.flip(plane, (0, 1)), 1, (0, 1))  # index (-i mod n, -j mod n)
-        out[..., p] = 0.5 * (plane + mirrored)
-    return out
+hermitian_consistent = operators.hermitian_consistent
 
 
 def _real_norm(x: np.ndarray) -> float:
@@ -229,28 +155,18 @@ def _real_norm(x: np.ndarray) -> float:
     return math.sqrt(max(float(np.dot(flat, flat)), 0.0))
 
 
-def _r(x: np.ndarray) -> np.ndarray:
-    """Real view of a (contiguous) complex array, interleaved re/im along the last axis: real
-    scalars and real interleaved kernels multiply it ~2-3x faster than complex arithmetic."""
-    return x.view(np.float32 if x.dtype == np.complex64 else np.float64) if np.iscomplexobj(x) else x
+def _half_plane_sq(be: Backend, nz: int) -> Callable:
+    """``x -> ||x||^2 (flat) - correction``: the planes ``kz = 0`` (and Nyquist) of a half spectrum
+    stand for one sample, the others for two (see :func:`qsmbench.operators.half_spectrum_norm`)."""
+    last = nz % 2 == 0
 
+    def planes(x) -> float:
+        s = be.dot(be.copy(x[..., 0]), be.copy(x[..., 0]))
+        if last:
+            s += be.dot(be.copy(x[..., -1]), be.copy(x[..., -1]))
+        return s
 
-def _interleaved(kernel: np.ndarray) -> np.ndarray:
-    """A real half-spectrum kernel repeated twice along the last axis, to multiply ``_r(spec)``
-    (float64 kernels stay float64, anything else becomes float32)."""
-    dtype = np.float64 if kernel.dtype == np.float64 else np.float32
-    return np.repeat(kernel.astype(dtype, copy=False), 2, axis=-1)
-
-
-def _axpy(a: float, x: np.ndarray, y: np.ndarray, tmp: np.ndarray) -> None:
-    """``y += a x`` in place through the scratch array ``tmp`` (no allocation; BLAS ``axpy`` is
-    avoided because its threads spin badly when the cores are shared with other jobs)."""
-    np.multiply(_r(x), a, out=_r(tmp))
-    np.add(_r(y), _r(tmp), out=_r(y))
-
-
-def _scale(x: np.ndarray, a: float) -> None:
-    _r(x)[...] *= a
+    return planes
 
 
 def full_spectrum_percentiles(shape, voxel_size_mm, b0_dir, d0: float, exponent: float,
@@ -274,54 +190,69 @@ def sphere_mean_spectrum(shape, voxel_size_mm, radius_mm: float) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- Krylov solvers
-def lsqr(apply_a: Callable, apply_at: Callable, b: np.ndarray, norm: Callable[[np.ndarray], float], *,
-         tol: float = 0.01, maxit: int = 50) -> tuple[np.ndarray, dict]:
+def lsqr(apply_a: Callable, apply_at: Callable, b, norm: Callable | None = None, *,
+         tol: float = 0.01, maxit: int = 50, backend: Backend | None = None,
+         half_spectrum_nz: int | None = None) -> tuple[Any, dict]:
     """LSQR (Paige & Saunders 1982) from x = 0, vectors updated in place.
 
     Stops when ``||r|| <= tol ||b||`` or ``||A^T r|| <= tol ||A|| ||r||`` (MATLAB ``lsqr``'s two
     tests; ``||A||`` is the Frobenius estimate of the bidiagonal) or after ``maxit`` iterations.
-    ``norm`` defines the inner product (the k-space vectors of step 1 need a weighted one).
+    ``norm`` defines the inner product when given (any callable, unfused updates); otherwise the
+    updates are fused with their norms on ``backend`` (default numpy), Euclidean -- or, with
+    ``half_spectrum_nz``, the norm of real signals held as half spectra of that last-axis length
+    (the k-space vectors of step 1).
     """
-    u = b.copy()
-    beta = norm(u)
+    be = backend if backend is not None else operators.get_backend("cpu")
+    if backend is None:
+        b = np.ascontiguousarray(b)
+    planes = _half_plane_sq(be, half_spectrum_nz) if half_spectrum_nz is not None and norm is None else None
+
+    def fused_norm(sq_flat: float, x) -> float:
+        if planes is None:
+            return math.sqrt(max(sq_flat, 0.0))
+        return math.sqrt(max(2.0 * sq_flat - planes(x), 0.0))
+
+    def update(a: float, x, y) -> float:   # y += a x; ||y||
+        if norm is not None:
+            be.axpy(a, x, y)
+            return norm(y)
+        return fused_norm(be.axpy_norm(a, x, y) ** 2, y)
+
+    u = be.copy(b)
+    beta = norm(u) if norm is not None else fused_norm(be.dot(u, u), u)
     info = {"iterations": 0, "stop": "maxit", "relres": 1.0}
     if beta == 0:
         info.update(stop="b = 0", relres=0.0)
-        return np.zeros_like(apply_at(u)), info
-    u /= beta
+        return be.zeros_like(apply_at(u)), info
+    be.scale(u, 1.0 / beta)
     v = apply_at(u)
-    alpha = norm(v)
-    x = np.zeros_like(v)
+    alpha = norm(v) if norm is not None else fused_norm(be.dot(v, v), v)
+    x = be.zeros_like(v)
     if alpha == 0:
         info.update(stop="A^T b = 0")
         return x, info
-    v /= alpha
-    w = v.copy()
-    tmp_u, tmp_v = np.empty_like(u), np.empty_like(v)
+    be.scale(v, 1.0 / alpha)
+    w = be.copy(v)
     bnorm, phibar, rhobar, anorm2 = beta, beta, alpha, 0.0
     for it in range(1, maxit + 1):
         au = apply_a(v)
-        _axpy(-alpha, u, au, tmp_u)
+        beta = update(-alpha, u, au)
         u = au
-        beta = norm(u)
         anorm2 += alpha * alpha + beta * beta
         if beta > 0:
-            _scale(u, 1.0 / beta)
+            be.scale(u, 1.0 / beta)
         av = apply_at(u)
-        _axpy(-beta, v, av, tmp_v)
+        alpha = update(-beta, v, av)
         v = av
-        alpha = norm(v)
         if alpha > 0:
-            _scale(v, 1.0 / alpha)
+            be.scale(v, 1.0 / alpha)
         rho = math.hypot(rhobar, beta)
         c, s = rhobar / rho, beta / rho
         theta = s * alpha
         rhobar = -c * alpha
         phi = c * phibar
         phibar = s * phibar
-        _axpy(phi / rho, w, x, tmp_v)
-        _scale(w, -theta / rho)
-        np.add(_r(w), _r(v), out=_r(w))
+        be.axpy_xpby(phi / rho, w, x, v, -theta / rho)   # x += (phi/rho) w; w = v - (theta/rho) w
         normr, normar = phibar, phibar * alpha * abs(c)
         info.update(iterations=it, relres=normr / bnorm)
         if normr <= tol * bnorm:
@@ -336,35 +267,38 @@ def lsqr(apply_a: Callable, apply_at: Callable, b: np.ndarray, norm: Callable[[n
     return x, info
 
 
-def lsmr(apply_a: Callable, apply_at: Callable, b: np.ndarray, *, atol: float = 0.01,
-         btol: float = 0.01, conlim: float = 1e8, maxit: int = 50) -> tuple[np.ndarray, dict]:
+def lsmr(apply_a: Callable, apply_at: Callable, b, *, atol: float = 0.01,
+         btol: float = 0.01, conlim: float = 1e8, maxit: int = 50,
+         backend: Backend | None = None) -> tuple[Any, dict]:
     """LSMR (Fong & Saunders, SIAM J Sci Comput 2011;33:2950), undamped, from x = 0.
 
     Stopping rules of the SOL reference: ``||r|| <= btol ||b|| + atol ||A|| ||x||``,
     ``||A^T r|| <= atol ||A|| ||r||``, ``cond(A) >= conlim``, or ``maxit`` iterations.
-    Real vectors, Euclidean inner product, updated in place.
+    Real vectors, Euclidean inner product, updated in place on ``backend`` (default numpy).
     """
-    u = b.copy()
-    beta = _real_norm(u)
+    be = backend if backend is not None else operators.get_backend("cpu")
+    if backend is None:
+        b = np.ascontiguousarray(b)
+    u = be.copy(b)
+    beta = be.norm(u)
     info = {"iterations": 0, "stop": "maxit", "relres": 1.0}
     if beta == 0:
         info.update(stop="b = 0", relres=0.0)
-        return np.zeros_like(apply_at(u)), info
-    u /= beta
+        return be.zeros_like(apply_at(u)), info
+    be.scale(u, 1.0 / beta)
     v = apply_at(u)
-    alpha = _real_norm(v)
-    x = np.zeros_like(v)
+    alpha = be.norm(v)
+    x = be.zeros_like(v)
     if alpha == 0:
         info.update(stop="A^T b = 0")
         return x, info
-    v /= alpha
+    be.scale(v, 1.0 / alpha)
     normb = beta
     zetabar, alphabar = alpha * beta, alpha
     rho = rhobar = cbar = 1.0
     sbar = 0.0
-    h = v.copy()
-    hbar = np.zeros_like(v)
-    tmp_u, tmp_v = np.empty_like(u), np.empty_like(v)
+    h = be.copy(v)
+    hbar = be.zeros_like(v)
     # for the ||r|| estimate
     betadd, betad, rhodold, tautildeold, thetatilde, zeta = beta, 0.0, 1.0, 0.0, 0.0, 0.0
     norma2 = alpha * alpha
@@ -372,17 +306,15 @@ def lsmr(apply_a: Callable, apply_at: Callable, b: np.ndarray, *, atol: float = 
     ctol = 1.0 / conlim if conlim > 0 else 0.0
     for it in range(1, maxit + 1):
         au = apply_a(v)
-        _axpy(-alpha, u, au, tmp_u)
+        beta = be.axpy_norm(-alpha, u, au)
         u = au
-        beta = _real_norm(u)
         if beta > 0:
-            _scale(u, 1.0 / beta)
+            be.scale(u, 1.0 / beta)
         av = apply_at(u)
-        _axpy(-beta, v, av, tmp_v)
+        alpha = be.axpy_norm(-beta, v, av)
         v = av
-        alpha = _real_norm(v)
         if alpha > 0:
-            _scale(v, 1.0 / alpha)
+            be.scale(v, 1.0 / alpha)
         # rotation P_k (no damping)
         rhoold = rho
         rho = math.hypot(alphabar, beta)
@@ -398,11 +330,9 @@ def lsmr(apply_a: Callable, apply_at: Callable, b: np.ndarray, *, atol: float = 
         zeta = cbar * zetabar
         zetabar = -sbar * zetabar
         # updates of hbar, x, h
-        hbar *= -(thetabar * rho) / (rhoold * rhobarold)
-        hbar += h
-        _axpy(zeta / (rho * rhobar), hbar, x, tmp_v)
-        h *= -thetanew / rho
-        h += v
+        be.xpby(h, -(thetabar * rho) / (rhoold * rhobarold), hbar)   # hbar = h + c hbar
+        be.axpy(zeta / (rho * rhobar), hbar, x)
+        be.xpby(v, -thetanew / rho, h)                               # h = v + c h
         # ||r|| estimate
         betahat, betadd = c * betadd, -s * betadd
         thetatildeold = thetatilde
@@ -423,7 +353,7 @@ def lsmr(apply_a: Callable, apply_at: Callable, b: np.ndarray, *, atol: float = 
             minrbar = min(minrbar, rhobarold)
         conda = max(maxrbar, rhotemp) / min(minrbar, rhotemp)
         normar = abs(zetabar)
-        normx = _real_norm(x)
+        normx = be.norm(x)
         info.update(iterations=it, relres=normr / normb)
         if ctol > 0 and 1.0 / conda <= ctol:
             info["stop"] = "condition limit"
@@ -439,41 +369,49 @@ def lsmr(apply_a: Callable, apply_at: Callable, b: np.ndarray, *, atol: float = 
 
 # --------------------------------------------------------------------------- the steps
 def weighted_lsqr(field: np.ndarray, mask: np.ndarray, weights: np.ndarray, kernel: np.ndarray, *,
-                  tol: float = 0.01, maxit: int = 200, dtype=np.float64) -> tuple[np.ndarray, dict]:
+                  tol: float = 0.01, maxit: int = 200, dtype=np.float64, fft_dtype=None,
+                  backend: Backend | None = None) -> tuple[np.ndarray, dict]:
     """Step 1: LSQR on the normal equations ``D W D chi = D W f`` from 0, early stopped.
 
     ``kernel`` is D on the half spectrum of ``field.shape`` (Hermitian-consistent, see
-    :func:`hermitian_consistent`); ``weights`` is W.  Returns ``m * chi`` (float32, field
+    :func:`hermitian_consistent`); ``weights`` is W.  Returns ``m * chi`` (float32 numpy, field
     units) and the solver's info.  The LSQR vectors live in k-space, where
-    ``A = D F W F^-1 D`` costs one FFT pair.
+    ``A = D F W F^-1 D`` costs one FFT pair; LSQR needs ``A`` and ``A^T`` (the same operator)
+    once each per iteration.  ``backend`` (default numpy) holds the vectors and does the FFTs.
 
-    ``dtype`` is the precision of the LSQR vectors: float64 by default, as the author's MATLAB
-    (double below 1e7 voxels).  LSQR on the normal equations squares the condition number, and
-    in float32 its iterates lose about three digits in 60 iterations: a one-ulp change of the
-    field then moves the result by ~1e-3 relative, which breaks homogeneity beyond rounding.
+    ``dtype`` is the precision of the LSQR vectors and recurrences, ``fft_dtype`` (default
+    ``dtype``) that of the FFTs and the image-space product by W: float64 vectors with float32
+    FFTs keep the Krylov recurrences in double precision at single-precision FFT cost (the
+    conversions happen inside the kernel products, no extra pass); see :class:`ILSQR`'s
+    ``lsqr_precision``.
     """
+    be = backend if backend is not None else operators.get_backend("cpu")
     shape = field.shape
     dtype = np.dtype(dtype).type
-    cdtype = np.complex128 if dtype == np.float64 else np.complex64
-    k = kernel.astype(dtype, copy=False)
-    w = weights.astype(dtype, copy=False)
-
-    buf = np.empty(k.shape, cdtype)
-    k2 = _interleaved(k)
+    fft_dtype = dtype if fft_dtype is None else np.dtype(fft_dtype).type
+    spec_dtype = np.complex128 if dtype == np.float64 else np.complex64
+    fft_spec_dtype = np.complex128 if fft_dtype == np.float64 else np.complex64
+    kp = be.prepare_kernel(kernel, dtype)
+    w = be.asarray(weights, fft_dtype)
+    buf = be.empty(kernel.shape, fft_spec_dtype)
+    # LSQR keeps only its latest u = A v and v = A^T u: three result buffers used in turn suffice
+    # (no fresh allocation, i.e. no page faults, per product) when the result needs a conversion
+    outs = [be.empty(kernel.shape, spec_dtype) for _ in range(3)] if fft_dtype != dtype else None
 
     def apply_a(xk):
-        np.multiply(_r(xk), k2, out=_r(buf))
-        img = physics.irfftn(buf, s=shape)
-        img *= w
-        out = physics.rfftn(img)
-        _r(out)[...] *= k2
-        return out
+        img = be.irfftn(be.kmul_into(xk, kp, buf), shape)
+        be.multiply_inplace(img, w)
+        spec = be.rfftn(img)
+        if outs is None:
+            return be.kmul(spec, kp)
+        outs.append(outs.pop(0))
+        return be.kmul_into(spec, kp, outs[-1])
 
-    b = physics.rfftn((w * field).astype(dtype))
-    b *= k
-    xk, info = lsqr(apply_a, apply_a, b, _half_norm_fn(shape[2]), tol=tol, maxit=maxit)
-    chi = physics.irfftn(xk, s=shape)
-    chi[~mask] = 0.0
+    b = be.kmul_into(be.rfftn(be.asarray((weights * field).astype(fft_dtype))), kp,
+                     be.empty(kernel.shape, spec_dtype))
+    xk, info = lsqr(apply_a, apply_a, b, tol=tol, maxit=maxit, backend=be, half_spectrum_nz=shape[2])
+    chi = be.to_numpy(be.irfftn(xk, shape))
+    chi = np.where(mask, chi, 0)
     return chi.astype(np.float32, copy=False), info
 
 
@@ -528,43 +466,20 @@ def calibrate(x_fs: np.ndarray, x_ref: np.ndarray, region: np.ndarray | None = N
     return alpha, float(rm - alpha * am)
 
 
-def _diff_forward(x: np.ndarray, out: np.ndarray, bc: str) -> np.ndarray:
-    """Unscaled forward differences of ``x`` into ``out`` (3, ...); Neumann: 0 on the last slice."""
-    n0, n1, n2 = x.shape
-    np.subtract(x[1:], x[:-1], out=out[0, :-1])
-    np.subtract(x[:, 1:], x[:, :-1], out=out[1, :, :-1])
-    np.subtract(x[:, :, 1:], x[:, :, :-1], out=out[2, :, :, :-1])
-    if bc == "periodic":
-        np.subtract(x[0], x[-1], out=out[0, -1])
-        np.subtract(x[:, 0], x[:, -1], out=out[1, :, -1])
-        np.subtract(x[:, :, 0], x[:, :, -1], out=out[2, :, :, -1])
-    else:
-        out[0, -1] = 0
-        out[1, :, -1] = 0
-        out[2, :, :, -1] = 0
-    return out
+def _diff_forward(x, out, bc: str, backend: Backend | None = None):
+    """Unscaled forward differences (:func:`qsmbench.operators.diff_forward`)."""
+    return operators.diff_forward(x, out, bc, backend)
 
 
-def _diff_adjoint(g: np.ndarray, out: np.ndarray, bc: str) -> np.ndarray:
-    """Adjoint of :func:`_diff_forward` into ``out``; for Neumann ``g`` must be 0 on each
-    component's last slice (the weights of step 3 guarantee it)."""
-    np.add(g[0], g[1], out=out)
-    out += g[2]
-    np.negative(out, out=out)
-    out[1:] += g[0, :-1]
-    out[:, 1:] += g[1, :, :-1]
-    out[:, :, 1:] += g[2, :, :, :-1]
-    if bc == "periodic":
-        out[0] += g[0, -1]
-        out[:, 0] += g[1, :, -1]
-        out[:, :, 0] += g[2, :, :, -1]
-    return out
+def _diff_adjoint(g, out, bc: str, backend: Backend | None = None):
+    """Adjoint of :func:`_diff_forward` (:func:`qsmbench.operators.diff_adjoint`)."""
+    return operators.diff_adjoint(g, out, bc, backend)
 
 
 def streaking_estimate(chi_lsqr: np.ndarray, weights_g: np.ndarray, cone: np.ndarray,
                        voxel_size_mm: Sequence[float], *, bc: str = "periodic", solver: str = "lsqr",
                        tol: float = 0.01, maxit: int = 200, conlim: float = 1e8,
-                       project_forward: bool = False) -> tuple[np.ndarray, dict]:
+                       project_forward: bool = False, backend: Backend | None = None) -> tuple[np.ndarray, dict]:
     """Step 3: ``min_y ||W grad(P y) - W grad chi_LSQR||`` from 0, ``P = F^-1 M_ic F``, early
     stopped: ``solver="lsqr"`` (default, the author's routine: MATLAB ``lsqr`` rules with ``tol``,
     at most ``maxit`` = 200 iterations) or ``"lsmr"`` (the open port: SOL rules with
@@ -575,59 +490,62 @@ def streaking_estimate(chi_lsqr: np.ndarray, weights_g: np.ndarray, cone: np.nda
     ``project_forward`` applies P in the forward product too (mathematically redundant, see the
     module notes; kept for testing).
     """
-    shape = chi_lsqr.shape
+    be = backend if backend is not None else operators.get_backend("cpu")
+    shape = tuple(chi_lsqr.shape)
     if bc not in operators.BOUNDARIES:
         raise ConfigError(f"ilsqr: gradient_bc must be one of {operators.BOUNDARIES}, got {bc!r}")
     # Fold the 1/h of the gradient into the weights (one pass fewer per product); with Neumann
     # differences the last slice of each component is zero anyway, so zero its weight too.
-    wg = np.empty((3, *shape), np.float32)
+    wg_np = np.empty((3, *shape), np.float32)
     for a in range(3):
-        wg[a] = weights_g[a] / np.float32(voxel_size_mm[a])
+        wg_np[a] = weights_g[a] / np.float32(voxel_size_mm[a])
     if bc == "neumann":
-        wg[0, -1] = 0
-        wg[1, :, -1] = 0
-        wg[2, :, :, -1] = 0
-    mk2 = _interleaved(cone)
-    gbuf = np.empty((3, *shape), np.float32)
-    div = np.empty(shape, np.float32)
-    # LSMR keeps only the latest A v (as its u), so two output buffers used in turn suffice and
-    # spare a fresh 3N allocation (page faults) per iteration.
-    outs = [np.empty((3, *shape), np.float32), np.empty((3, *shape), np.float32)]
+        wg_np[0, -1] = 0
+        wg_np[1, :, -1] = 0
+        wg_np[2, :, :, -1] = 0
+    wg = be.asarray(wg_np)
+    del wg_np
+    mk = be.prepare_kernel(cone, np.float32)
+    gbuf = be.empty((3, *shape), np.float32)
+    div = be.empty(shape, np.float32)
+    # LSQR and LSMR keep only the latest A v (as their u), so two output buffers used in turn
+    # suffice and spare a fresh 3N allocation (page faults) per iteration.
+    outs = [be.empty((3, *shape), np.float32), be.empty((3, *shape), np.float32)]
 
     def project(y):
-        spec = physics.rfftn(y)
-        _r(spec)[...] *= mk2
-        return physics.irfftn(spec, s=shape).astype(np.float32, copy=False)
+        return be.astype(operators.fft_filter(y, mk, be, shape=shape), np.float32)
 
     def apply_a(v):
         src = project(v) if project_forward else v
         outs.reverse()
-        out = _diff_forward(src, outs[0], bc)
-        out *= wg
-        return out
+        out = operators.diff_forward(src, outs[0], bc, be)
+        return be.multiply_inplace(out, wg)
 
     def apply_at(u):
-        np.multiply(u, wg, out=gbuf)
-        return project(_diff_adjoint(gbuf, div, bc))
+        be.multiply(u, wg, out=gbuf)
+        return project(operators.diff_adjoint(gbuf, div, bc, be))
 
-    b = _diff_forward(chi_lsqr.astype(np.float32), np.empty((3, *shape), np.float32), bc)
-    b *= wg
+    b = operators.diff_forward(be.asarray(chi_lsqr, np.float32), be.empty((3, *shape), np.float32), bc, be)
+    be.multiply_inplace(b, wg)
     if solver == "lsmr":
-        y, info = lsmr(apply_a, apply_at, b, atol=tol, btol=tol, conlim=conlim, maxit=maxit)
+        y, info = lsmr(apply_a, apply_at, b, atol=tol, btol=tol, conlim=conlim, maxit=maxit, backend=be)
     elif solver == "lsqr":
-        y, info = lsqr(apply_a, apply_at, b, _real_norm, tol=tol, maxit=maxit)
+        y, info = lsqr(apply_a, apply_at, b, tol=tol, maxit=maxit, backend=be)
     else:
         raise ConfigError(f"ilsqr: streak_solver must be 'lsqr' or 'lsmr', got {solver!r}")
     info["solver"] = solver
-    return project(y), info
+    return be.to_numpy(project(y)), info
 
 
 # --------------------------------------------------------------------------- the pipeline
 def ilsqr(field_ppm: np.ndarray, mask: np.ndarray, voxel_size_mm: Sequence[float],
-          b0_dir: Sequence[float] = (0.0, 0.0, 1.0), **options) -> tuple[np.ndarray, dict]:
+          b0_dir: Sequence[float] = (0.0, 0.0, 1.0), *, backend: Backend | None = None,
+          **options) -> tuple[np.ndarray, dict]:
     """Run the four steps; returns ``(chi, details)`` with chi in the field's units (ppm in, ppm
     out) and ``details`` the intermediate maps and solver reports.  ``options`` are the
-    :class:`ILSQR` parameters (defaults from ``ILSQR.parameters``)."""
+    :class:`ILSQR` parameters (defaults from ``ILSQR.parameters``).  ``backend``
+    (:mod:`qsmbench.backend`, default numpy) runs the two Krylov solves (steps 1 and 3); weights,
+    percentiles and the few FFTs of step 2 are computed with numpy."""
     p = ILSQR.resolve_parameters(options)
     _check(p)
     mask = np.asarray(mask, bool)
@@ -650,8 +568,9 @@ def ilsqr(field_ppm: np.ndarray, mask: np.ndarray, voxel_size_mm: Sequence[float
     w_lap = laplacian_weights(fpad, mpad, vs, low_pct=p["laplacian_low_pct"],
                               high_pct=p["laplacian_high_pct"], absolute=absolute,
                               adaptive=adaptive, method=method, masked=p["laplacian_weights_masked"])
+    vec_dtype, fft_dtype = LSQR_PRECISIONS[p["lsqr_precision"]]
     chi_lsqr, info_lsqr = weighted_lsqr(fpad, mpad, w_lap, kernel, tol=p["lsqr_tol"], maxit=p["lsqr_maxit"],
-                                        dtype=np.float64 if p["lsqr_precision"] == "double" else np.float32)
+                                        dtype=vec_dtype, fft_dtype=fft_dtype, backend=backend)
 
     # 2. FastQSM, calibrated to TKD
     field_k = physics.rfftn(fpad)
@@ -682,7 +601,8 @@ def ilsqr(field_ppm: np.ndarray, mask: np.ndarray, voxel_size_mm: Sequence[float
     del w_sar
     cone = cone_mask(kernel, p["cone_threshold"])
     chi_sa, info_sa = streaking_estimate(chi_lsqr, w_g, cone, vs, bc=p["gradient_bc"], solver=p["streak_solver"],
-                                         tol=p["streak_tol"], maxit=p["streak_maxit"], conlim=p["lsmr_conlim"])
+                                         tol=p["streak_tol"], maxit=p["streak_maxit"], conlim=p["lsmr_conlim"],
+                                         backend=backend)
 
     # 4. subtraction
     chi = np.where(mpad, chi_lsqr - chi_sa, 0).astype(np.float32)[crop]
@@ -710,8 +630,8 @@ def _check(p: dict) -> None:
                    ("gradient_low_pct", "gradient_high_pct")):
         if not 0 <= p[lo] < p[hi] <= 100:
             bad(f"need 0 <= {lo} < {hi} <= 100, got {p[lo]} and {p[hi]}")
-    if p["lsqr_precision"] not in ("double", "single"):
-        bad(f"lsqr_precision must be 'double' or 'single', got {p['lsqr_precision']!r}")
+    if p["lsqr_precision"] not in LSQR_PRECISIONS:
+        bad(f"lsqr_precision must be one of {', '.join(LSQR_PRECISIONS)}, got {p['lsqr_precision']!r}")
     if p["streak_solver"] not in ("lsqr", "lsmr"):
         bad(f"streak_solver must be 'lsqr' or 'lsmr', got {p['streak_solver']!r}")
     if not 0 <= p["structural_laplacian_low_pct"] < p["structural_laplacian_high_pct"] <= 100:
@@ -775,10 +695,12 @@ class ILSQR(Method):
         for zero field outside the mask.
     lsqr_tol, lsqr_maxit : step 1 stopping (relative residual 0.01 as the author's caller; at
         most 200 iterations as the author's routine -- the open reading stops at 50).
-    lsqr_precision : "double" (default, as the author's MATLAB) or "single": precision of step
-        1's LSQR vectors.  In single precision the early-stopped LSQR on the normal equations
-        amplifies rounding to ~1e-3 relative (a one-ulp change of f moves chi that much), so the
-        method is then homogeneous only to that level; double costs about 1.5x step 1's time.
+    lsqr_precision : "double" (default, as the author's MATLAB), "mixed" or "single": precision of
+        step 1.  "mixed": float64 LSQR vectors and recurrences, float32 FFTs and products by W
+        (single-precision FFT cost).  "single": float32 throughout.  In single precision the
+        early-stopped LSQR on the normal equations amplifies rounding to ~1e-3 relative (a one-ulp
+        change of f moves chi that much), so the method is then homogeneous only to that level;
+        double costs about 1.5x step 1's time.
     fastqsm_exponent : n of ``|D|^n`` (0.001, dimensionless).
     fastqsm_low_pct, fastqsm_high_pct : ramp of that k-space weight, percent (1, 30).
     fastqsm_radius_mm : spherical-mean radius, mm (3).
@@ -815,6 +737,7 @@ class ILSQR(Method):
 
     name = "ilsqr"
     symmetry = "linear"   # absolute percentile-ramp weights, relative stopping rules
+    uses = {"gpu_optional"}   # steps 1 and 3 on torch tensors on a CUDA device when device cuda is asked for
     parameters = {
         "weights": "absolute",
         "differences": "mask_adaptive",
@@ -862,7 +785,8 @@ class ILSQR(Method):
     ]
 
     def reconstruct(self, vol):
-        chi, details = ilsqr(vol.field_ppm, vol.mask, vol.voxel_size_mm, vol.b0_dir, **self.params)
+        chi, details = ilsqr(vol.field_ppm, vol.mask, vol.voxel_size_mm, vol.b0_dir, backend=backend_for(self),
+                             **self.params)
         lsqr_info, sa_info = details["lsqr"], details["streak"]
         alpha, beta = details["calibration"]
         self.notes.append(f"ilsqr: step 1 LSQR {lsqr_info['iterations']} iterations ({lsqr_info['stop']}, "

@@ -16,10 +16,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from qsmbench import operators, physics
+from qsmbench.backend import Backend
+from qsmbench.backend import for_method as backend_for
 from qsmbench.errors import ConfigError, InputError
 from qsmbench.method import Method
 
@@ -157,65 +160,33 @@ def smv_kernel(shape: Sequence[int], voxel_size_mm: Sequence[float], radius_mm: 
     return physics.rfftn(sphere).real.astype(np.float32)
 
 
-def dipole_conv(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-    """``F^-1[K F(x)]`` with counted real-to-complex FFTs (``kernel``: half spectrum)."""
-    spec = physics.rfftn(x)
-    spec *= kernel
-    return physics.irfftn(spec, s=x.shape).astype(x.dtype, copy=False)
+def dipole_conv(x, kernel, backend=None):
+    """``F^-1[K F(x)]`` with counted real-to-complex FFTs (``kernel``: a real half spectrum).
+
+    numpy in, numpy out unless ``backend`` is given; then ``x`` is the backend's array and
+    ``kernel`` must come from ``backend.prepare_kernel``."""
+    if backend is None:
+        x = np.asarray(x)
+        spec = physics.rfftn(x)
+        spec *= kernel
+        return physics.irfftn(spec, s=x.shape).astype(x.dtype, copy=False)
+    return operators.fft_filter(x, kernel, backend)
 
 
 def weighted_laplacian(x: np.ndarray, weights: np.ndarray, voxel_size_mm: Sequence[float]) -> np.ndarray:
     """``grad^T (weights * grad x)`` with Neumann forward differences (``weights``: ``(3, *x.shape)``).
 
     Equal to ``operators.grad_adjoint(weights * operators.grad(x, vs), vs)`` (tested); computed
-    by :func:`_laplacian_flat` after :func:`laplacian_weights`.
+    by :func:`qsmbench.operators.weighted_laplacian` after :func:`laplacian_weights`.
     """
-    return _laplacian_flat(x, laplacian_weights(weights, voxel_size_mm), np.empty_like(x), np.empty_like(x))
+    x = np.ascontiguousarray(x)
+    return operators.weighted_laplacian(x, laplacian_weights(weights, voxel_size_mm), np.empty_like(x))
 
 
-def laplacian_weights(weights: np.ndarray, voxel_size_mm: Sequence[float]) -> np.ndarray:
-    """``weights[j] / h_j^2`` with the last sample along axis ``j`` set to zero (a new array).
-
-    Neumann forward differences vanish across the last sample, so those weights are never used;
-    zeroing them lets :func:`_laplacian_flat` difference the *flattened* arrays at stride
-    ``s_j`` (contiguous memory, no wrap-around terms) instead of slicing strided views.
-    """
-    out = np.empty(weights.shape, dtype=weights.dtype)
-    for axis in range(3):
-        np.multiply(weights[axis], np.asarray(1.0 / float(voxel_size_mm[axis]) ** 2, dtype=weights.dtype),
-                    out=out[axis])
-        last = [slice(None)] * 3
-        last[axis] = slice(-1, None)
-        out[axis][tuple(last)] = 0
-    return out
-
-
-def _laplacian_flat(x: np.ndarray, prepared: np.ndarray, out: np.ndarray, buf: np.ndarray) -> np.ndarray:
-    """``grad^T (w grad x)`` for weights from :func:`laplacian_weights`, into ``out`` (C-contiguous).
-
-    Along axis ``j`` with memory stride ``s`` (elements): ``t[p] = w[p] (x[p+s] - x[p])`` for the
-    first ``N - s`` flat positions (``w`` is zero wherever ``p + s`` would leave the row), and
-    ``(grad^T g)[p] = t[p-s] - t[p]``.  About twelve contiguous passes over memory, no allocation.
-    """
-    xf, of, bf = x.reshape(-1), out.reshape(-1), buf.reshape(-1)
-    n_total = xf.size
-    strides = (x.shape[1] * x.shape[2], x.shape[2], 1)
-    for axis, s in enumerate(strides):
-        if x.shape[axis] < 2:
-            if axis == 0:
-                of[...] = 0
-            continue
-        m = n_total - s
-        t = bf[:m]
-        np.subtract(xf[s:], xf[:m], out=t)
-        t *= prepared[axis].reshape(-1)[:m]
-        if axis == 0:
-            np.negative(t, out=of[:m])
-            of[m:] = 0
-        else:
-            of[:m] -= t
-        of[s:] += t
-    return out
+def laplacian_weights(weights, voxel_size_mm: Sequence[float], backend=None):
+    """``weights[j] / h_j^2`` with the last sample along axis ``j`` set to zero (a new array):
+    :func:`qsmbench.operators.prepare_laplacian_weights`."""
+    return operators.prepare_laplacian_weights(weights, voxel_size_mm, backend)
 
 
 # --------------------------------------------------------------------------- the problem
@@ -227,133 +198,161 @@ class MEDIProblem:
     + lam_csf/2 * ||L x||^2`` with ``L x = M_csf (x - mean_csf(x))`` (MEDI+0; the toolbox's
     Hessian term ``lam_csf * L^T L`` corresponds to this halved quadratic).
     ``|exp(ia) - exp(ib)|^2 = 4 sin^2((a - b)/2)`` keeps everything real.
+
+    Arrays are numpy arrays, or the arrays of ``backend`` (:mod:`qsmbench.backend`, e.g. torch
+    tensors on a GPU) -- ``kernel`` stays a numpy half spectrum and is prepared for the backend
+    once.  The MEDI+0 term (``csf_mask``) is numpy only.
     """
 
-    rdf: np.ndarray              # field in radians (after SMV when that is on)
-    w2: np.ndarray               # W^2, the squared data weight
-    wg: np.ndarray               # (3, ...) binary edge weight
-    kernel: np.ndarray           # half-spectrum dipole kernel (times the SMV high-pass)
+    rdf: Any                     # field in radians (after SMV when that is on)
+    w2: Any                      # W^2, the squared data weight
+    wg: Any                      # (3, ...) binary edge weight
+    kernel: np.ndarray           # half-spectrum dipole kernel (times the SMV high-pass), numpy
     voxel_size_mm: tuple[float, float, float]
     lam: float = 1000.0
     eps: float = 1e-6
     csf_mask: np.ndarray | None = None
     lam_csf: float = 100.0
+    backend: Backend | None = None
 
-    def dconv(self, x: np.ndarray) -> np.ndarray:
-        return dipole_conv(x, self.kernel)
+    def __post_init__(self):
+        self.be = self.backend if self.backend is not None else operators.get_backend("cpu")
+        self.dtype = np.float64 if operators._np_dtype(self.rdf) == np.float64 else np.float32  # noqa: SLF001
+        self._k = self.be.prepare_kernel(self.kernel, self.dtype)
+
+    def dconv(self, x):
+        return operators.fft_filter(x, self._k, self.be)
 
     def csf_projection(self, x: np.ndarray) -> np.ndarray:
         """``L x = M_csf (x - mean of x in M_csf)`` (self-adjoint and idempotent)."""
         c = self.csf_mask
         return np.where(c, x - x[c].mean(dtype=np.float64), 0).astype(x.dtype, copy=False)
 
-    def cost(self, x: np.ndarray, dx_conv: np.ndarray | None = None) -> dict[str, float]:
+    def _grad(self, x, out=None):
+        return operators.grad(x, self.voxel_size_mm, out=out, backend=self.be)
+
+    def cost(self, x, dx_conv=None) -> dict[str, float]:
         """Cost terms at ``x`` (``dx_conv = D*x`` when already known)."""
+        be = self.be
         dxc = self.dconv(x) if dx_conv is None else dx_conv
-        s = np.sin(0.5 * (dxc - self.rdf))
-        data = float(self.lam * 4.0 * np.sum(self.w2 * s * s, dtype=np.float64))
-        reg = float(np.sum(np.abs(self.wg * operators.grad(x, self.voxel_size_mm)), dtype=np.float64))
+        s = be.subtract(dxc, self.rdf)
+        be.multiply(s, be.scalar(0.5, s), out=s)
+        be.sin(s, out=s)
+        be.multiply(s, s, out=s)
+        data = float(self.lam * 4.0 * be.dot(self.w2, s))
+        g = self._grad(x)
+        be.multiply(g, self.wg, out=g)
+        reg = be.sum(be.abs(g, out=g))
         csf = 0.0
         if self.csf_mask is not None and self.lam_csf:
             lx = self.csf_projection(x)
             csf = float(0.5 * self.lam_csf * np.sum(lx * lx, dtype=np.float64))
         return {"data": data, "reg": reg, "csf": csf, "total": data + reg + csf}
 
-    def smoothed_cost(self, x: np.ndarray) -> float:
+    def smoothed_cost(self, x) -> float:
         """The cost with ``|t| -> sqrt(t^2 + eps)`` (what one lagged-diffusivity step sees)."""
+        be = self.be
         c = self.cost(x)
-        g = self.wg * operators.grad(x, self.voxel_size_mm)
-        return c["total"] - c["reg"] + float(np.sum(np.sqrt(g * g + self.eps), dtype=np.float64))
+        g = self._grad(x)
+        be.multiply(g, self.wg, out=g)
+        be.multiply(g, g, out=g)
+        be.add(g, be.scalar(self.eps, g), out=g)
+        return c["total"] - c["reg"] + be.sum(be.sqrt(g, out=g))
 
-    def reg_weights(self, x: np.ndarray) -> np.ndarray:
+    def reg_weights(self, x):
         """Lagged diffusivity: ``wG^2 / sqrt(|wG grad x|^2 + eps)`` per component."""
-        g = operators.grad(x, self.voxel_size_mm)
-        g *= self.wg
-        g *= g
-        g += np.asarray(self.eps, dtype=g.dtype)
-        np.sqrt(g, out=g)
-        np.divide(self.wg, g, out=g)   # wG is binary, so wG^2 = wG
-        return g
+        be = self.be
+        g = self._grad(x)
+        be.multiply(g, self.wg, out=g)
+        be.multiply(g, g, out=g)
+        be.add(g, be.scalar(self.eps, g), out=g)
+        be.sqrt(g, out=g)
+        return be.divide(self.wg, g, out=g)   # wG is binary, so wG^2 = wG
 
-    def gradient(self, x: np.ndarray, dx_conv: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    def gradient(self, x, dx_conv, weights):
         """Gradient of the smoothed cost at ``x``: ``grad^T(R grad x) + lam_csf L x +
         2 lam D^T(W^2 sin(D*x - rdf))`` (``R`` = :meth:`reg_weights` at ``x``)."""
-        t = np.sin(dx_conv - self.rdf)
-        t *= self.w2
+        be = self.be
+        t = be.subtract(dx_conv, self.rdf)
+        be.sin(t, out=t)
+        be.multiply(t, self.w2, out=t)
         out = self.dconv(t)
-        out *= np.asarray(2.0 * self.lam, dtype=out.dtype)
-        out += weighted_laplacian(x, weights, self.voxel_size_mm)
+        be.multiply(out, be.scalar(2.0 * self.lam, out), out=out)
+        operators.weighted_laplacian(x, laplacian_weights(weights, self.voxel_size_mm, be), out, t,
+                                     accumulate=True, backend=be)
         if self.csf_mask is not None and self.lam_csf:
             out += np.asarray(self.lam_csf, dtype=out.dtype) * self.csf_projection(x)
         return out
 
-    def hessian_operator(self, weights: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    def hessian_operator(self, weights) -> Callable:
         """Gauss-Newton Hessian with lagged weights: ``grad^T R grad + 2 lam D W^2 D (+ lam_csf L)``.
 
         Symmetric positive semi-definite (``D`` is real and even, the Laplacian uses the exact
-        adjoint), so CG applies.  Per application: four FFTs and about twenty passes over memory.
+        adjoint), so CG applies.  Per application: four FFTs (two pairs), the product by
+        ``2 lam W^2`` and the weighted Laplacian accumulated into the result.
         """
-        dtype = self.rdf.dtype
+        be = self.be
         # fold constants into the weights once per Gauss-Newton step, not once per CG iteration
-        w2 = self.w2 * np.asarray(2.0 * self.lam, dtype=dtype)
-        prepared = laplacian_weights(weights, self.voxel_size_mm)
-        buf = np.empty_like(self.rdf)
-        lap = np.empty_like(self.rdf)
+        w2 = be.multiply(self.w2, be.scalar(2.0 * self.lam, self.w2))
+        prepared = laplacian_weights(weights, self.voxel_size_mm, be)
+        buf = be.empty_like(self.rdf)
 
-        def apply(v: np.ndarray) -> np.ndarray:
+        def apply(v):
             t = self.dconv(v)
-            t *= w2
+            be.multiply_inplace(t, w2)
             out = self.dconv(t)
-            out += _laplacian_flat(v, prepared, lap, buf)
+            operators.weighted_laplacian(v, prepared, out, buf, accumulate=True, backend=be)
             if self.csf_mask is not None and self.lam_csf:
-                out += np.asarray(self.lam_csf, dtype=dtype) * self.csf_projection(v)
+                out += np.asarray(self.lam_csf, dtype=out.dtype) * self.csf_projection(v)
             return out
 
         return apply
 
 
-def conjugate_gradient(apply_a: Callable[[np.ndarray], np.ndarray], b: np.ndarray, *, tol: float,
-                       max_iter: int, replace_every: int = 50, return_best: bool = False
-                       ) -> tuple[np.ndarray, float, int]:
+def conjugate_gradient(apply_a: Callable, b, *, tol: float, max_iter: int, replace_every: int = 50,
+                       return_best: bool = False, backend: Backend | None = None) -> tuple[Any, float, int]:
     """Plain CG from zero for ``A x = b``; stops when ``||r|| <= tol ||b||`` or after ``max_iter``.
 
     Returns the last iterate (``return_best=False``, as the toolbox's ``cgsolve``, which tracks
     the best iterate but returns the last one) or the iterate with the smallest relative residual
     seen; then the smallest relative residual seen (what ``cgsolve`` reports) and the number of
     iterations.  The recursive residual is replaced by ``b - A x`` every ``replace_every``
-    iterations (as the toolbox's CG does).
+    iterations (as the toolbox's CG does).  ``backend``: the arrays' backend (default numpy;
+    plain numpy vectors of any shape are accepted, e.g. in tests).
     """
-    x = np.zeros_like(b)
-    r = b.copy()
-    d = r.copy()
-    tmp = np.empty_like(b)
-    delta0 = float(np.vdot(b, b))
+    be = backend if backend is not None else operators.get_backend("cpu")
+    if backend is None:
+        b = np.ascontiguousarray(b)
+    x = be.zeros_like(b)
+    r = be.copy(b)
+    d = be.copy(b)
+    delta0 = be.dot(b, b)
     if delta0 == 0.0:
         return x, 0.0, 0
     delta = delta0
-    best = x.copy() if return_best else None
+    best = be.copy(x) if return_best else None
     best_res = 1.0
     n = 0
     while n < max_iter and delta > tol * tol * delta0:
         q = apply_a(d)
-        dq = float(np.vdot(d, q))
+        dq = be.dot(d, q)
         if not dq > 0:
             break  # direction of (numerically) zero curvature: nothing more to gain
         alpha = delta / dq
-        x += np.multiply(d, np.asarray(alpha, dtype=x.dtype), out=tmp)
+        delta_old = delta
         if (n + 1) % replace_every == 0:
-            np.subtract(b, apply_a(x), out=r)
+            be.axpy(alpha, d, x)
+            be.subtract(b, apply_a(x), out=r)
+            delta = be.dot(r, r)
         else:
-            r -= np.multiply(q, np.asarray(alpha, dtype=r.dtype), out=tmp)
-        delta_old, delta = delta, float(np.vdot(r, r))
-        d *= np.asarray(delta / delta_old, dtype=d.dtype)
-        d += r
+            delta = be.cg_step(alpha, d, q, x, r)   # x += alpha d, r -= alpha q, ||r||^2
+        be.xpby(r, delta / delta_old, d)            # d = r + (delta / delta_old) d
         n += 1
         res = math.sqrt(delta / delta0)
         if res < best_res:
             best_res = res
             if return_best:
-                np.copyto(best, x)
+                best[...] = x
     return (best if return_best else x), best_res, n
 
 
@@ -419,8 +418,11 @@ def medi_l1(rdf_rad: np.ndarray, mask: np.ndarray, voxel_size_mm: Sequence[float
             cg_max_iter: int = 100, cg_tol: float = 0.01, cg_return: str = "last", smv: bool = False,
             smv_radius_mm: float = 5.0, merit: bool = False, merit_sigma: float = 6.0,
             csf_mask: np.ndarray | None = None, lam_csf: float = 100.0, pad_factor: float = 1.0,
-            d0: float = 0.0, dtype=np.float32) -> MEDIResult:
+            d0: float = 0.0, dtype=np.float32, backend: Backend | None = None) -> MEDIResult:
     """MEDI (``MEDI_L1`` semantics) on a field in radians; see :class:`MEDI` for the parameters.
+
+    ``backend`` (:mod:`qsmbench.backend`; default numpy) runs the Gauss-Newton/CG loop, e.g. on
+    torch tensors on a GPU; the edge mask, the data weight, SMV and MERIT are computed with numpy.
 
     ``magnitude=None`` or ``edge_weighting=False`` gives plain anisotropic TV (``wG = 1``).
     Data weight ``W = mask / N_std`` normalised to mean 1 in the mask (:func:`data_weight`):
@@ -477,34 +479,41 @@ def medi_l1(rdf_rad: np.ndarray, mask: np.ndarray, voxel_size_mm: Sequence[float
     else:
         wg = np.ones((3, *pshape), dtype=dtype)
     w = weight_of(n_std)
-    prob = MEDIProblem(rdf=rdf, w2=w * w, wg=wg, kernel=kernel, voxel_size_mm=vs, lam=float(lam),
-                       eps=float(eps), csf_mask=None if csf_mask is None else pad(csf_mask, bool) & m,
-                       lam_csf=float(lam_csf))
-    if prob.csf_mask is not None and not prob.csf_mask.any():
-        prob.csf_mask = None
+    csf = None if csf_mask is None else pad(csf_mask, bool) & m
+    if csf is not None and not csf.any():
+        csf = None
+    be = backend if backend is not None else operators.get_backend("cpu")
+    if csf is not None and not isinstance(be, operators.NumpyBackend):
+        raise ConfigError("medi: the MEDI+0 (CSF) term runs with the numpy backend only")
+    prob = MEDIProblem(rdf=be.asarray(rdf), w2=be.asarray(w * w), wg=be.asarray(wg, dtype), kernel=kernel,
+                       voxel_size_mm=vs, lam=float(lam), eps=float(eps), csf_mask=csf, lam_csf=float(lam_csf),
+                       backend=be)
 
-    x = np.zeros(pshape, dtype=dtype)
-    dxc = np.zeros(pshape, dtype=dtype)
+    x = be.zeros(pshape, dtype)
+    dxc = be.zeros(pshape, dtype)
     initial = prob.cost(x, dxc)
     history: list[dict] = []
     converged = False
     for it in range(1, int(max_iter) + 1):
         weights = prob.reg_weights(x)
         b = prob.gradient(x, dxc, weights)
-        b *= -1
+        be.negative(b, out=b)
         dx, cg_res, cg_n = conjugate_gradient(prob.hessian_operator(weights), b, tol=cg_tol,
-                                              max_iter=int(cg_max_iter), return_best=cg_return == "best")
+                                              max_iter=int(cg_max_iter), return_best=cg_return == "best",
+                                              backend=be)
         del b, weights
-        norm_x = float(np.linalg.norm(x))
-        ratio = float(np.linalg.norm(dx)) / norm_x if norm_x > 0 else math.inf
-        x += dx
+        norm_x = be.norm(x)
+        ratio = be.norm(dx) / norm_x if norm_x > 0 else math.inf
+        be.add_inplace(x, dx)
+        del dx
         dxc = prob.dconv(x)
         entry = {"iteration": it, "norm_ratio": ratio, "cg_iterations": cg_n, "cg_residual": cg_res,
                  **prob.cost(x, dxc), "merit_voxels": 0}
         if merit:
             # complex weighted residual, demeaned in the mask; voxels beyond merit_sigma * std(|r|)
-            # get their noise std multiplied by (|r| / (merit_sigma std))^2
-            wres = w * (np.exp(1j * dxc) - np.exp(1j * rdf))
+            # get their noise std multiplied by (|r| / (merit_sigma std))^2 (on the CPU, numpy)
+            dxc_np = be.to_numpy(dxc)
+            wres = w * (np.exp(1j * dxc_np) - np.exp(1j * rdf))
             wres = wres - wres[m].mean()
             mag_res = np.abs(wres).astype(dtype)
             factor = merit_sigma * float(np.std(mag_res[m], ddof=1))
@@ -513,13 +522,13 @@ def medi_l1(rdf_rad: np.ndarray, mask: np.ndarray, voxel_size_mm: Sequence[float
                 entry["merit_voxels"] = int(np.count_nonzero((scale > 1) & m))
                 n_std = np.where(m, n_std * scale * scale, n_std).astype(dtype)
                 w = weight_of(n_std)
-                prob.w2 = w * w
+                prob.w2 = be.asarray(w * w)
         history.append(entry)
         if ratio < tol_norm_ratio:
             converged = True
             break
     mask_out = m[: shape[0], : shape[1], : shape[2]]
-    x_out = x[: shape[0], : shape[1], : shape[2]] * mask_out
+    x_out = be.to_numpy(x)[: shape[0], : shape[1], : shape[2]] * mask_out
     return MEDIResult(x_rad=np.ascontiguousarray(x_out), mask_out=mask_out, history=history,
                       initial_cost=initial, edges=edges, converged=converged,
                       weight=np.ascontiguousarray(w[: shape[0], : shape[1], : shape[2]]))
@@ -650,7 +659,7 @@ class MEDI(Method):
         "smv": False, "smv_radius_mm": 5.0, "merit": False, "merit_sigma": 6.0,
         "medi0": False, "lam_csf": 100.0, "pad_factor": 1.0, "d0": 0.0,
     }
-    uses = {"magnitude"}
+    uses = {"magnitude", "gpu_optional"}   # Gauss-Newton/CG on torch tensors with device cuda
     references = [
         "Liu T et al. Morphology enabled dipole inversion (MEDI) from a single-angle acquisition: "
         "comparison with COSMOS in human brain imaging. MRM 2011;66:777-783. doi:10.1002/mrm.22816",
@@ -714,7 +723,8 @@ class MEDI(Method):
             data_weighting=p["data_weighting"], eps=p["eps"],
             max_iter=p["max_iter"], tol_norm_ratio=p["tol_norm_ratio"], cg_max_iter=p["cg_max_iter"],
             cg_tol=p["cg_tol"], cg_return=p["cg_return"], smv=p["smv"], smv_radius_mm=p["smv_radius_mm"],
-            merit=p["merit"], merit_sigma=p["merit_sigma"], pad_factor=p["pad_factor"], d0=p["d0"])
+            merit=p["merit"], merit_sigma=p["merit_sigma"], pad_factor=p["pad_factor"], d0=p["d0"],
+            backend=backend_for(self))
         #: the last run's solver record (history, edge mask), for tests and diagnostics
         self.result = res
         h = res.history

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from qsmbench.backend import for_method as backend_for
 from qsmbench.errors import ConfigError
 from qsmbench.method import Method
-from qsmbench.physics import dipole_kernel, kspace_filter
+from qsmbench.operators import kspace_filter
+from qsmbench.physics import dipole_kernel
 
 #: Variant -> (threshold t, D(0)).
 VARIANTS = {"official2016": (0.19, 1.0 / 3.0), "shmueli": (0.15, 0.0)}
@@ -36,6 +38,7 @@ class TKD(Method):
 
     name = "tkd"
     symmetry = "linear"   # a fixed k-space filter
+    uses = {"gpu_optional"}   # torch on a CUDA device when device cuda is asked for (qsmbench.backend)
     parameters = {"variant": "official2016", "threshold": None, "d0": None,
                   "mask_field": False, "pad_factor": 1.0}
     parameter_types = {"threshold": float, "d0": float}
@@ -64,5 +67,6 @@ class TKD(Method):
                 k = np.where(keep, 1.0 / d, 0.0 if p["variant"] == "official2016" else np.sign(d) / t)
             return k.astype(np.float32)
 
-        chi = kspace_filter(field.astype(np.float32), inverse_filter, pad_factor=p["pad_factor"])
+        chi = kspace_filter(field.astype(np.float32), inverse_filter, pad_factor=p["pad_factor"],
+                            backend=backend_for(self))
         return chi * vol.mask

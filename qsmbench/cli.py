@@ -62,7 +62,7 @@ def cmd_reconstruct(args) -> int:
     from .devices import resolve_profile  # noqa: PLC0415
     from .io import volume_from_files, write_json, write_nifti  # noqa: PLC0415
     from .registry import get_method_class  # noqa: PLC0415
-    from .runner import resolve_device, run_method  # noqa: PLC0415
+    from .runner import method_device, run_method  # noqa: PLC0415
 
     out = Path(args.out)
     if not out.name.endswith((".nii", ".nii.gz")):
@@ -73,7 +73,7 @@ def cmd_reconstruct(args) -> int:
                             b0_tesla=args.b0, te_s=args.te)
     # say which profile and device run before a possibly long training (run_method resolves the same)
     cls = get_method_class(args.method, extra_dirs=args.methods_dir or [])
-    device = resolve_device(args.device) if "gpu" in cls.uses else "cpu"
+    device = method_device(cls, args.device)
     profile, reason = resolve_profile(cls, args.profile, device, requested_device=args.device)
     print(f"{args.method}: profile {profile} ({reason}); device {device}", file=sys.stderr)
     result = run_method(args.method, vol, params=params, profile=args.profile,

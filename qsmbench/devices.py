@@ -140,6 +140,8 @@ def resolve_profile(cls, requested: str | None, device: str, *, requested_device
     profile = "paper" if on_gpu else "quick"
     if on_gpu:
         why = f"runs on {device}"
+    elif "gpu_optional" in getattr(cls, "uses", set()) and requested_device != "cpu":
+        why = f"{cls.name} uses a GPU only when device cuda is asked for"
     elif "gpu" not in getattr(cls, "uses", set()):
         why = f"{cls.name} runs on the CPU only"
     elif requested_device == "cpu":

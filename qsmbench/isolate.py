@@ -22,6 +22,20 @@ Log
     written at the end, after a line saying how many bytes were left out.  A method printing
     gigabytes therefore costs the disk at most ``head_bytes + tail_bytes``.
 
+Start: fork or a new interpreter
+    A new interpreter (``argv``, e.g. ``python -m qsmbench._child``) pays for its start and its
+    imports -- numpy, scipy, qsmbench, the method plugins: about 1.4-2 s of CPU per run, a
+    minute of a default workflow run's two cores.  On Linux, when the caller passes ``target``
+    (a function that does the same work) and it is safe, the child is instead a ``fork`` of the
+    caller, which has already imported all of that (:func:`fork_possible`: the caller runs a
+    single thread and has not imported torch, whose thread pools and CUDA state do not survive a
+    fork).  The forked child gets the same isolation: its own address space, the same limits and
+    watchdog (its memory is counted from its own RSS, the pages it shares with the parent
+    included), the same pipe for its output, its own working directory, environment and
+    ``TMPDIR``, default SIGTERM and the SIGUSR1 stack dump, and it ends with ``os._exit`` so none
+    of the parent's exit handlers run in it.  ``QSMBENCH_ISOLATE_START=spawn`` forces new
+    interpreters.  :attr:`Outcome.start` says which was used.
+
 Interruption
     The child stays in the parent's process group, so a Ctrl-C in the terminal or a SIGKILL of
     the group reaches it too.  When the parent is stopped by an exception (KeyboardInterrupt,
@@ -40,7 +54,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import psutil
 
@@ -52,6 +66,8 @@ TAIL_BYTES = 1 * 2**20
 TAIL_CHARS = 4000
 #: Lines of output kept for run.json's ``log_tail``.
 TAIL_LINES = 40
+#: Characters kept of each line of ``log_tail`` (the log file keeps whole lines).
+TAIL_LINE_CHARS = 300
 
 
 @dataclasses.dataclass
@@ -71,6 +87,7 @@ class Outcome:
     output_bytes: int
     omitted_bytes: int
     tail: str
+    start: str = "spawn"
 
     @property
     def signal_name(self) -> str | None:
@@ -132,10 +149,28 @@ class BoundedLog:
             self._fh.close()
             self._fh = None
 
-    def tail_text(self, chars: int = TAIL_CHARS, lines: int = TAIL_LINES) -> str:
-        """The last ``lines`` lines (at most ``chars`` characters) of the whole output."""
-        text = bytes(self._recent).decode("utf-8", "replace")
-        return "\n".join(text.splitlines()[-lines:])[-chars:]
+    def tail_text(self, chars: int = TAIL_CHARS, lines: int = TAIL_LINES, *, forked: bool = False) -> str:
+        """The last ``lines`` lines (at most ``chars`` characters) of the whole output.
+
+        ``forked``: the child is a fork, whose stack dumps (faulthandler) continue below its
+        entry point with the frames of the parent's stack it was forked from; those are left out
+        here (the log keeps them) so that the tail shows the run's own frames."""
+        text = bytes(self._recent).decode("utf-8", "replace").splitlines()
+        if forked:
+            kept, skipping = [], False
+            for line in text:
+                if skipping and line.startswith("  File "):
+                    continue
+                skipping = False
+                kept.append(line)
+                if line.startswith("  File ") and line.endswith(f" in {_FORK_ENTRY}"):
+                    kept.append("  (the frames of the parent process it was forked from: see the log)")
+                    skipping = True
+            text = kept
+        # a very long line (e.g. faulthandler's list of extension modules after a crash's stacks)
+        # is shortened so that it cannot push the lines before it out of the character budget
+        text = [ln if len(ln) <= TAIL_LINE_CHARS else ln[:TAIL_LINE_CHARS] + " [...]" for ln in text[-lines:]]
+        return "\n".join(text)[-chars:]
 
 
 def _tree(proc: psutil.Process) -> list[psutil.Process]:
@@ -211,27 +246,144 @@ class _Terminated(SystemExit):
     """SIGTERM received by the parent while a child runs."""
 
 
+def fork_possible() -> bool:
+    """Whether :func:`run_limited` may fork this process instead of starting an interpreter:
+    Linux, a single thread (a fork copies only the calling thread; locks held by others would
+    stay locked in the child), torch not imported, and ``QSMBENCH_ISOLATE_START`` not ``spawn``."""
+    return (sys.platform.startswith("linux") and os.environ.get("QSMBENCH_ISOLATE_START", "fork") != "spawn"
+            and threading.active_count() == 1 and "torch" not in sys.modules)
+
+
+class _ForkedChild:
+    """The parts of :class:`subprocess.Popen` that :func:`run_limited` uses, for a forked child
+    running ``target()`` (see "Start" in the module docstring)."""
+
+    def __init__(self, target: Callable[[], int], cwd: str | os.PathLike, env: Mapping[str, str] | None):
+        read_fd, write_fd = os.pipe()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            code = 1
+            try:
+                os.close(read_fd)
+                null = os.open(os.devnull, os.O_RDONLY)
+                os.dup2(null, 0)
+                os.dup2(write_fd, 1)
+                os.dup2(write_fd, 2)
+                os.close(null)
+                os.close(write_fd)
+                code = _forked_main(target, cwd, env)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    import traceback  # noqa: PLC0415
+
+                    traceback.print_exc()
+            finally:
+                with contextlib.suppress(Exception):
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                os._exit(code)
+        os.close(write_fd)
+        self.pid = pid
+        self.returncode: int | None = None
+        self.stdout = os.fdopen(read_fd, "rb")
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if timeout is None:
+            while self.returncode is None:
+                _, status = os.waitpid(self.pid, 0)
+                self.returncode = os.waitstatus_to_exitcode(status)
+            return self.returncode
+        deadline = time.monotonic() + timeout
+        delay = 0.0005
+        while self.poll() is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise subprocess.TimeoutExpired(f"forked child {self.pid}", timeout)
+            time.sleep(min(delay, remaining))
+            delay = min(2 * delay, 0.05)
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+
+_FORK_ENTRY = "_forked_main"
+
+
+def _forked_main(target: Callable[[], int], cwd: str | os.PathLike, env: Mapping[str, str] | None) -> int:
+    """In a forked child: the state a new interpreter would start with, then ``target()``."""
+    import faulthandler  # noqa: PLC0415
+    import io  # noqa: PLC0415
+    import logging  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    # fresh, unbuffered text streams on the pipe (the parent's may be captured or redirected)
+    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8", errors="backslashreplace",
+                                  line_buffering=True, write_through=True)
+    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="backslashreplace",
+                                  line_buffering=True, write_through=True)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    faulthandler.enable(file=sys.stderr, all_threads=True)
+    if hasattr(signal, "SIGUSR1"):  # sent on a timeout, just before the kill: shows where it hung
+        faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
+    # the parent's log handlers (e.g. the Snakemake job's log file) are not the child's
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    # relative import paths would change meaning with the working directory
+    here = os.getcwd()
+    sys.path[:] = [os.path.join(here, p) if not os.path.isabs(p) else p for p in sys.path]
+    os.chdir(cwd)
+    if env is not None:
+        os.environ.clear()
+        os.environ.update(env)
+    tempfile.tempdir = None  # TMPDIR is read again
+    return int(target() or 0)
+
+
 def run_limited(argv: Sequence[str], *, cwd: str | os.PathLike, env: Mapping[str, str] | None = None,
                 timeout_s: float | None = None, mem_limit_mb: float | None = None,
                 log_path: str | os.PathLike | None = None, poll_s: float = 0.1,
                 head_bytes: int | None = None, tail_bytes: int | None = None,
-                dump_grace_s: float = 1.0, echo=None) -> Outcome:
+                dump_grace_s: float = 1.0, target: Callable[[], int] | None = None, echo=None) -> Outcome:
     """Run ``argv`` in ``cwd``; kill it (and its descendants) past ``timeout_s`` or ``mem_limit_mb``.
 
-    On a timeout the child first gets SIGUSR1 (POSIX), which a child that registered
-    :func:`faulthandler.register` answers by printing every thread's stack to the log, so the
-    log shows where it hung; ``dump_grace_s`` later it is killed.  ``echo`` (a binary stream, e.g.
-    ``sys.stderr.buffer``) also receives the output as it comes (a command plugin's output reaches
-    the isolated run's log this way).  Never raises for what the child does; re-raises
+    With ``target`` (a function doing what ``argv`` would do) and :func:`fork_possible`, the
+    child is a fork of this process running ``target()`` instead (see "Start" in the module
+    docstring); ``env`` then replaces its environment.  On a timeout the child first gets
+    SIGUSR1 (POSIX), which a child that registered :func:`faulthandler.register` answers by
+    printing every thread's stack to the log, so the log shows where it hung; ``dump_grace_s``
+    later it is killed.  ``echo`` (a binary stream, e.g. ``sys.stderr.buffer``) also receives
+    the output as it comes (a command plugin's output reaches the isolated run's log this way).
+    Never raises for what the child does; re-raises
     KeyboardInterrupt/SystemExit of the parent after killing the child.
     """
     out = BoundedLog(log_path, HEAD_BYTES if head_bytes is None else head_bytes,
                      TAIL_BYTES if tail_bytes is None else tail_bytes)
     t0 = time.monotonic()
-    proc = subprocess.Popen(list(argv), cwd=str(cwd), env=dict(env) if env is not None else None,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            close_fds=True)
-    out.write_line(f"----- output of the isolated process (pid {proc.pid}) -----")
+    if target is not None and fork_possible():
+        start = "fork"
+        proc = _ForkedChild(target, cwd, env)
+    else:
+        start = "spawn"
+        proc = subprocess.Popen(list(argv), cwd=str(cwd), env=dict(env) if env is not None else None,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                close_fds=True)
+    out.write_line(f"----- output of the isolated process (pid {proc.pid}, {start}) -----")
 
     def pump():
         assert proc.stdout is not None
@@ -284,7 +436,8 @@ def run_limited(argv: Sequence[str], *, cwd: str | os.PathLike, env: Mapping[str
         elapsed = time.monotonic() - t0
         out.close()
     return Outcome(returncode=proc.returncode, limit=limit, elapsed_s=elapsed, peak_rss_mb=peak,
-                   output_bytes=out.total, omitted_bytes=out.omitted, tail=out.tail_text())
+                   output_bytes=out.total, omitted_bytes=out.omitted, tail=out.tail_text(forked=start == "fork"),
+                   start=start)
 
 
 def die_with_parent(parent_pid: int, poll_s: float = 1.0) -> None:
@@ -311,4 +464,4 @@ def die_with_parent(parent_pid: int, poll_s: float = 1.0) -> None:
     threading.Thread(target=watch, daemon=True, name="qsmbench-parent-watch").start()
 
 
-__all__ = ["BoundedLog", "Outcome", "die_with_parent", "kill_tree", "run_limited", "tree_rss_mb"]
+__all__ = ["BoundedLog", "Outcome", "die_with_parent", "fork_possible", "kill_tree", "run_limited", "tree_rss_mb"]

@@ -29,7 +29,13 @@ requirements : list[str]
     Importable module names (e.g. ``["torch"]``); when one is missing the method is listed as
     unavailable with the reason instead of breaking the others.
 uses : set[str]
-    Subset of ``{"magnitude", "chi_init", "gpu", "training"}``: inputs and resources it can use.
+    Subset of ``{"magnitude", "chi_init", "gpu", "gpu_optional", "training"}``: inputs and
+    resources it can use.  ``"gpu"``: a GPU-first method (deep learning): ``device: auto`` puts
+    it on a CUDA device when there is one, and the workflow runs it in the deep-learning
+    environment with a GPU request.  ``"gpu_optional"``: a method that runs with numpy on the CPU
+    and has a torch path (:mod:`qsmbench.backend`) used only when a CUDA device is asked for
+    explicitly (``device: cuda`` / ``cuda:N``); with ``auto`` or ``cpu`` it stays on the CPU in the
+    core environment, without torch (:func:`qsmbench.runner.method_device`).
 references : list[str]
     Citations, with DOI.
 parameter_types : dict[str, type]
@@ -79,7 +85,7 @@ import numpy as np
 from .errors import ConfigError
 from .volume import Volume
 
-USES = frozenset({"magnitude", "chi_init", "gpu", "training"})
+USES = frozenset({"magnitude", "chi_init", "gpu", "gpu_optional", "training"})
 #: Values of ``Method.symmetry`` besides None (see the module docstring).
 SYMMETRIES = ("linear", "odd")
 

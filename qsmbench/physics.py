@@ -36,13 +36,35 @@ REFERENCE_TE_S = 0.025
 # --------------------------------------------------------------------------- FFTs
 #: Threads for scipy.fft (-1 = all cores); the runner sets it from the job's thread count.
 _FFT_WORKERS = int(os.environ.get("QSMBENCH_FFT_WORKERS", "-1"))
+#: FFTs done so far: all, and those in double precision (float64/complex128 data), which cost
+#: about twice a single-precision one (the benchmarks' FFT floor weighs them so).
 _FFT_CALLS = [0]
+_FFT_CALLS_DOUBLE = [0]
+
+
+def _count(x) -> None:
+    _FFT_CALLS[0] += 1
+    if getattr(x, "dtype", None) in (np.float64, np.complex128):
+        _FFT_CALLS_DOUBLE[0] += 1
 
 
 def set_fft_workers(n: int) -> None:
     """Threads used by the FFTs below (``-1``: all cores)."""
     global _FFT_WORKERS
     _FFT_WORKERS = int(n)
+
+
+def fft_workers() -> int:
+    """Threads of the FFTs (``-1``: all cores); the numpy backend's fused updates use as many."""
+    return _FFT_WORKERS
+
+
+def add_fft_calls(n: int = 1, *, double: bool = False) -> None:
+    """Count ``n`` 3-D FFTs computed elsewhere (the torch backend of :mod:`qsmbench.backend`);
+    ``double``: in double precision."""
+    _FFT_CALLS[0] += int(n)
+    if double:
+        _FFT_CALLS_DOUBLE[0] += int(n)
 
 
 def fft_calls() -> int:
@@ -52,36 +74,38 @@ def fft_calls() -> int:
 
 @contextlib.contextmanager
 def count_ffts():
-    """``with count_ffts() as c: ...`` then ``c["n"]`` is the number of FFTs done inside."""
-    counter = {"n": 0}
-    start = _FFT_CALLS[0]
+    """``with count_ffts() as c: ...`` then ``c["n"]`` is the number of FFTs done inside and
+    ``c["double"]`` how many of them were in double precision."""
+    counter = {"n": 0, "double": 0}
+    start, start_double = _FFT_CALLS[0], _FFT_CALLS_DOUBLE[0]
     try:
         yield counter
     finally:
         counter["n"] = _FFT_CALLS[0] - start
+        counter["double"] = _FFT_CALLS_DOUBLE[0] - start_double
 
 
 def rfftn(x, s=None, workers=None):
     """Counted :func:`scipy.fft.rfftn` over all three axes."""
-    _FFT_CALLS[0] += 1
+    _count(x)
     return scipy.fft.rfftn(x, s=s, workers=_FFT_WORKERS if workers is None else workers)
 
 
 def irfftn(x, s, workers=None):
     """Counted :func:`scipy.fft.irfftn` (``s`` is the real output shape)."""
-    _FFT_CALLS[0] += 1
+    _count(x)
     return scipy.fft.irfftn(x, s=s, workers=_FFT_WORKERS if workers is None else workers)
 
 
 def fftn(x, s=None, workers=None):
     """Counted complex :func:`scipy.fft.fftn`."""
-    _FFT_CALLS[0] += 1
+    _count(x)
     return scipy.fft.fftn(x, s=s, workers=_FFT_WORKERS if workers is None else workers)
 
 
 def ifftn(x, s=None, workers=None):
     """Counted complex :func:`scipy.fft.ifftn`."""
-    _FFT_CALLS[0] += 1
+    _count(x)
     return scipy.fft.ifftn(x, s=s, workers=_FFT_WORKERS if workers is None else workers)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import functools
 import hashlib
 import logging
 import os
@@ -95,6 +96,20 @@ def resolve_device(requested: str = "auto") -> str:
     if ":" in requested and int(requested[5:]) >= count:
         raise ValueError(f"device {requested!r} requested but only {count} CUDA device(s) are available")
     return requested
+
+
+def method_device(cls, requested: str = "auto") -> str:
+    """The device a run of method class ``cls`` uses when ``requested`` is asked for.
+
+    ``uses`` "gpu" (GPU-first methods): :func:`resolve_device` (``auto`` -> CUDA when there is
+    one).  ``uses`` "gpu_optional" (the classical methods' torch path): CUDA only when asked for
+    explicitly (``cuda``/``cuda:N``), so that ``auto`` keeps them on numpy in an environment
+    without torch.  Anything else: the CPU.
+    """
+    uses = getattr(cls, "uses", set())
+    if "gpu" in uses or ("gpu_optional" in uses and str(requested).startswith("cuda")):
+        return resolve_device(requested)
+    return "cpu"
 
 
 def device_description(device: str) -> str:
@@ -232,7 +247,7 @@ def run_method(method: str | Method, vol: Volume, *, params: Mapping[str, Any] |
         if seed is None:
             seed = derive_seed(identity.get("dataset", vol.name), identity.get("perturbation", "none"),
                                name, identity.get("repetition", 0))
-        dev = resolve_device(device) if "gpu" in cls.uses else "cpu"
+        dev = method_device(cls, device)
         profile, profile_reason = resolve_profile(cls, profile, dev, requested_device=device)
         instance = cls(profile=profile, seed=seed, device=dev, **dict(params or {}))
     record = _base_record(name, identity, instance.params, profile, int(seed),
@@ -345,7 +360,9 @@ def expected_profile(cls: type[Method], profile: str | None, device: str = "auto
     checking its parameters before the child starts."""
     if profile != AUTO:
         return profile
-    on_gpu = "gpu" in cls.uses and device != "cpu" and bool(cuda_devices(use_torch=False))
+    wants_gpu = ("gpu" in cls.uses and device != "cpu") or ("gpu_optional" in cls.uses
+                                                            and str(device).startswith("cuda"))
+    on_gpu = wants_gpu and bool(cuda_devices(use_torch=False))
     return resolve_profile(cls, profile, "cuda" if on_gpu else "cpu", requested_device=device)[0]
 
 
@@ -462,14 +479,17 @@ def _run_isolated(request: dict[str, Any], base: dict[str, Any], out_dir: Path, 
         exchange.mkdir()
         request = {**request, "exchange": str(exchange)}
         write_json(exchange / "request.json", request)
-        outcome = run_limited([sys.executable, "-m", "qsmbench._child", str(exchange / "request.json")],
+        request_path = str(exchange / "request.json")
+        outcome = run_limited([sys.executable, "-m", "qsmbench._child", request_path],
                               cwd=work, env=child_env(work, request["threads"]), timeout_s=timeout_s,
-                              mem_limit_mb=mem_limit_mb, log_path=log_path)
+                              mem_limit_mb=mem_limit_mb, log_path=log_path,
+                              target=functools.partial(_forked_child_main, request_path, os.getpid()))
         record = _classify(outcome, exchange, base, timeout_s=timeout_s, mem_limit_mb=mem_limit_mb)
         record["isolation"] = {
             "timeout_s": timeout_s, "mem_limit_mb": mem_limit_mb, "elapsed_s": round(outcome.elapsed_s, 3),
             "peak_tree_rss_mb": round(outcome.peak_rss_mb, 1), "exit_code": outcome.returncode,
             "output_bytes": outcome.output_bytes, "output_omitted_bytes": outcome.omitted_bytes,
+            "start": outcome.start,
         }
         record["log_tail"] = outcome.tail if record["status"] not in ("ok", "unavailable") else None
         if write is not None:
@@ -521,6 +541,15 @@ def _classify(outcome, exchange: Path, base: dict[str, Any], *, timeout_s: float
     return record
 
 
+def _forked_child_main(request_path: str, parent_pid: int) -> int:
+    """:func:`child_main` in a forked child (qsmbench.isolate set up its streams, signals and
+    stack dumps, as ``qsmbench._child`` does in a new interpreter)."""
+    from .isolate import die_with_parent  # noqa: PLC0415
+
+    die_with_parent(parent_pid)
+    return child_main(request_path)
+
+
 def child_main(request_path: str | os.PathLike) -> int:
     """The isolated run itself (started as ``python -m qsmbench._child REQUEST``, which has set up
     the parent watch and the stack dumps): runs :func:`run_method` on the request's volume (or,
@@ -567,7 +596,7 @@ def pretrain_in_process(*, run_id: str, method: str, params: Mapping[str, Any] |
         "training": {}, "trained_on": None, "isolation": None, "log_tail": None}
     try:
         cls = get_method_class(method, extra_dirs=extra_dirs)
-        dev = resolve_device(device) if "gpu" in cls.uses else "cpu"
+        dev = method_device(cls, device)
         # 'auto' resolves as in the reconstruct jobs (paper on CUDA, quick on the CPU), so that they
         # find these weights in the cache
         resolved, reason = resolve_profile(cls, profile, dev, requested_device=device)

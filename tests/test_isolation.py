@@ -129,6 +129,18 @@ class SelfTerm(Method):
 }
 
 
+@pytest.fixture(autouse=True, params=["fork", "spawn"])
+def start(request, monkeypatch):
+    """Every test with both ways of starting the child (qsmbench.isolate: a fork of this process
+    where that is safe, else a new interpreter; QSMBENCH_ISOLATE_START=spawn forces the latter)."""
+    monkeypatch.setenv("QSMBENCH_ISOLATE_START", request.param)
+    return request.param
+
+
+def _expected_start(start: str) -> str:
+    return "fork" if start == "fork" and isolate.fork_possible() else "spawn"
+
+
 @pytest.fixture
 def plugins(tmp_path):
     folder = tmp_path / "plugins"
@@ -154,9 +166,11 @@ def job(volume_dir, tmp_path, plugins, method, **kw):
 
 
 # --------------------------------------------------------------------------- run_job
-def test_isolated_run_measures_inside_the_child_and_matches_in_process(volume_dir, tmp_path, plugins):
+def test_isolated_run_measures_inside_the_child_and_matches_in_process(volume_dir, tmp_path, plugins, start):
+    expected = _expected_start(start)
     rec, folder, log = job(volume_dir, tmp_path, plugins, "tkd")
     assert rec["status"] == "ok" and rec["wall_s"] > 0 and rec["peak_rss_mb"] > 10
+    assert rec["isolation"]["start"] == expected and f", {expected}) -----" in log.read_text()
     assert rec["isolation"]["exit_code"] == 0 and rec["isolation"]["elapsed_s"] >= rec["wall_s"]
     assert rec["log_tail"] is None
     chi, _, _ = read_nifti(folder / runner.CHI_FILE)
@@ -235,7 +249,8 @@ def _start_parent(volume_dir, tmp_path, plugins) -> tuple[subprocess.Popen, psut
     parent = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT)})
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        kids = [p for p in psutil.Process(parent.pid).children() if "qsmbench._child" in " ".join(p.cmdline())]
+        # its only child: a new interpreter (python -m qsmbench._child) or a fork running the same code
+        kids = psutil.Process(parent.pid).children()
         if kids:
             time.sleep(1.5)  # let the child import and register its parent watch
             return parent, kids[0]
@@ -345,3 +360,39 @@ def test_default_profile_keeps_going_after_a_failed_job(tmp_path, plugins):
     for pert in ("none", "noise-snr20-seed1", "noise-snr10-seed1"):
         assert (run / f"results/metrics/tiny/{pert}/tkd.json").exists(), pert
         assert not (run / f"results/recon/tiny/{pert}/selfterm/run.json").exists()
+
+
+def test_the_child_is_a_fork_of_a_single_threaded_parent_without_torch(volume_dir, tmp_path, plugins, start):
+    """A fresh process (as a workflow job is) forks its child: no interpreter start, no imports.
+    The fork has its own working directory, TMPDIR and environment, and its output in the log."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("fork start on Linux only")
+    out = tmp_path / "recon" / "envcheck" / "run.json"
+    (plugins / "envcheck.py").write_text(HEAD + """
+import tempfile
+
+
+class EnvCheck(Method):
+    name = "envcheck"
+    references = ["none"]
+
+    def reconstruct(self, vol):
+        print("cwd", os.getcwd(), "tmp", tempfile.gettempdir(), "threads", os.environ.get("QSMBENCH_THREADS"),
+              "torch" in sys.modules, flush=True)
+        return vol.field_ppm * vol.mask
+""")
+    code = textwrap.dedent(f"""
+        import json, sys
+        from qsmbench.runner import run_job
+        rec = run_job({str(volume_dir)!r}, {str(out)!r}, run_id="envcheck", method="envcheck", dataset="d",
+                      extra_dirs=[{str(plugins)!r}], threads=1, log_path={str(tmp_path / 'envcheck.log')!r})
+        print(json.dumps([rec["status"], rec["isolation"]["start"]]))
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout.splitlines()[-1]) == ["ok", start]
+    line = next(ln for ln in (tmp_path / "envcheck.log").read_text().splitlines() if ln.startswith("cwd "))
+    _, cwd, _, tmp, _, threads, torch_loaded = line.split()
+    assert Path(cwd).name == "work" and Path(cwd).parent.name.startswith(runner.SCRATCH_PREFIX)
+    assert tmp == cwd and threads == "1" and torch_loaded == "False"

@@ -192,3 +192,16 @@ def test_kspace_resample_can_drop_the_nyquist_planes():
     kept[4, :, :] = 0
     kept[:, :, 3] = 0
     np.testing.assert_allclose(spec, kept, atol=1e-10)  # everything else untouched
+
+
+def test_count_ffts_counts_double_precision_separately():
+    x32 = np.zeros((4, 5, 6), np.float32)
+    with physics.count_ffts() as c:
+        spec = physics.rfftn(x32)
+        physics.irfftn(spec, s=x32.shape)
+        physics.irfftn(physics.rfftn(x32.astype(np.float64)), s=x32.shape)
+        physics.ifftn(physics.fftn(x32.astype(np.complex128)))
+        physics.add_fft_calls(2, double=True)
+        physics.add_fft_calls(1)
+    assert spec.dtype == np.complex64
+    assert c == {"n": 9, "double": 6}

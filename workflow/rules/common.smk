@@ -44,8 +44,14 @@ def run_class(run_id):
 
 
 # Runs of methods that can use a GPU (their class `uses` "gpu") and runs that need the
-# deep-learning environment (they can use a GPU or require torch).
-GPU_RUNS = sorted(r for r in RUNS if "gpu" in getattr(run_class(r), "uses", ()))
+# deep-learning environment (they can use a GPU or require torch).  The classical methods declare
+# "gpu_optional" instead: numpy on the CPU in the core environment, and their torch path on the
+# GPU only when the config asks for a CUDA device explicitly (device: cuda or cuda:N) -- then
+# they join the GPU runs (GPU request, deep-learning environment); with auto or cpu they stay
+# CPU runs without torch (qsmbench.runner.method_device decides the same in the job).
+CUDA_REQUESTED = str(config.get("device", "auto")).startswith("cuda")
+GPU_RUNS = sorted(r for r in RUNS if "gpu" in getattr(run_class(r), "uses", ())
+                  or (CUDA_REQUESTED and "gpu_optional" in getattr(run_class(r), "uses", ())))
 DL_RUNS = sorted(r for r in RUNS if r in GPU_RUNS or "torch" in getattr(run_class(r), "requirements", ()))
 
 # Software environments of `snakemake --use-conda` (workflow/envs/; paths relative to rules/).
@@ -191,12 +197,12 @@ def reconstruct_gpus(wildcards):
 
 
 def reconstruct_mem_mb(wildcards):
-    """The run's mem_mb, else more for the GPU-capable (deep-learning) methods, which also run on the
+    """The run's mem_mb, else more for the GPU-first (deep-learning) methods, which also run on the
     CPU.  The runner kills a reconstruction whose resident memory exceeds it (status oom)."""
     mem_mb = RUNS[wildcards.run]["mem_mb"]
     if mem_mb is not None:
         return mem_mb
-    return 16000 if wildcards.run in GPU_RUNS else 6000
+    return 16000 if "gpu" in getattr(run_class(wildcards.run), "uses", ()) else 6000
 
 
 def reconstruct_timeout_s(wildcards):
@@ -214,3 +220,18 @@ def reconstruct_timeout_s(wildcards):
 def reconstruct_runtime(wildcards):
     """Scheduler runtime (minutes): the run's time limit plus a margin for loading and writing."""
     return int(reconstruct_timeout_s(wildcards) // 60) + 10
+
+
+def pretrain_threads(wildcards):
+    """Threads of a training job.  Training is the run's critical path (its reconstructions wait
+    for it) but must not serialise the run: locally it gets half of --cores (at least 1, at most
+    8), so the classical jobs, which do not depend on it, run beside it on the other half (with 2
+    cores: one each).  On a cluster (--jobs, executor nodes) each job has its node: 8.  Override
+    with --set-threads pretrain=N."""
+    if workflow.resource_settings.nodes is not None:
+        return 8
+    try:
+        cores = workflow.cores
+    except WorkflowError:  # no --cores (dry run)
+        return 8
+    return max(1, min(8, int(cores) // 2))

@@ -11,6 +11,7 @@ TRAINED_RUNS = [run_id for run_id, spec in RUNS.items()
 PRETRAINED = {run_id: [f"results/pretrain/{run_id}.json"] for run_id in TRAINED_RUNS}
 
 
+
 rule pretrain:
     output:
         "results/pretrain/{run}.json",
@@ -22,7 +23,8 @@ rule pretrain:
         "logs/pretrain/{run}.log",
     conda:
         run_env  # the deep-learning environment for torch/GPU methods, else the core one
-    threads: 8  # scaled down to --cores locally; training is the critical path of the run
+    threads: pretrain_threads  # half the local cores: the other jobs run beside it
+    priority: 10  # first when jobs compete: the trained runs' reconstructions wait for it
     resources:
         gpu=reconstruct_gpus,
         mem_mb=16000,  # the paper profile simulates 24 phantoms of up to 176^3 on a 2x finer grid
