@@ -9,7 +9,8 @@ On phantoms of reserved *tuning* seeds (``qsmbench.seeds.draw("tune", n, "medi-l
 test seed), for each peak SNR (0 = noise-free; qsmbench's noise perturbation
 ``perturb.add_noise(vol, snr, seed=1)``: complex Gaussian noise, phase noise sigma/|magnitude|)
 prints NRMSE (%, demeaned in the mask, ``qsmbench.metrics``), the lambda used, the estimated
-weighted phase noise, the final residual / target and the wall time of: TKD (reference),
+weighted phase noise, the final residual / target, the wall time and the number of 3-D FFTs (a
+load-independent cost) of: TKD (reference),
 MEDI ``lambda_rule=fixed`` (lam 1000) and MEDI ``lambda_rule=discrepancy`` (``discrepancy_tau``
 from ``--tau``; repeat the flag for several).  A last block averages over the seeds.
 """
@@ -22,7 +23,7 @@ import time
 
 import numpy as np
 
-from qsmbench import metrics, perturb, registry, seeds
+from qsmbench import metrics, perturb, physics, registry, seeds
 from qsmbench.phantom import make_phantom
 
 
@@ -44,7 +45,7 @@ def main(argv=None):
     print(f"# tune seeds {tune}; phantom {tuple(args.shape)} @ {tuple(args.voxel_size)} mm (mni); "
           f"noise seed 1; {len(os.sched_getaffinity(0))} cores; load {os.getloadavg()[0]:.1f}")
     header = (f"{'seed':>8} {'SNR':>5} {'method':<22} {'NRMSE %':>8} {'lambda':>9} {'sigma_w':>8} "
-              f"{'res/tgt':>8} {'wall s':>7}")
+              f"{'res/tgt':>8} {'wall s':>7} {'FFTs':>6}")
     print(header)
     print("-" * len(header))
     medi_cls = registry.get_method_class("medi")
@@ -62,26 +63,27 @@ def main(argv=None):
                      for t in taus]
             for name, m, _ in runs:
                 t0 = time.perf_counter()
-                chi = m.reconstruct(noisy.for_method())
+                with physics.count_ffts() as ffts:
+                    chi = m.reconstruct(noisy.for_method())
                 wall = time.perf_counter() - t0
                 info = getattr(m, "info", {}) or {}
                 lam = info.get("lam", float("nan"))
                 sw = info.get("noise_sigma_w_rad", float("nan"))
                 ratio = info.get("final_ratio", float("nan"))
                 err = _nrmse(chi, noisy)
-                rows.append((seed, label, name, err, lam, wall))
-                print(f"{seed:>8} {label:>5} {name:<22} {err:8.1f} {lam:9.4g} {sw:8.4f} {ratio:8.3f} {wall:7.1f}",
-                      flush=True)
+                rows.append((seed, label, name, err, lam, wall, ffts["n"]))
+                print(f"{seed:>8} {label:>5} {name:<22} {err:8.1f} {lam:9.4g} {sw:8.4f} {ratio:8.3f} {wall:7.1f} "
+                      f"{ffts['n']:6d}", flush=True)
     print("\n# mean over seeds")
-    print(f"{'SNR':>5} {'method':<22} {'NRMSE %':>8} {'lambda (geo)':>12} {'wall s':>7}")
+    print(f"{'SNR':>5} {'method':<22} {'NRMSE %':>8} {'lambda (geo)':>12} {'wall s':>7} {'FFTs':>6}")
     order = ["inf" if s == 0 else f"{s:g}" for s in args.snr]
     keys = sorted({(r[1], r[2]) for r in rows}, key=lambda k: (order.index(k[0]), k[1]))
     for label, name in keys:
         sel = [r for r in rows if r[1] == label and r[2] == name]
         lams = [r[4] for r in sel if np.isfinite(r[4])]
         geo = float(np.exp(np.mean(np.log(lams)))) if lams else float("nan")
-        err, wall = np.mean([r[3] for r in sel]), np.mean([r[5] for r in sel])
-        print(f"{label:>5} {name:<22} {err:8.1f} {geo:12.4g} {wall:7.1f}")
+        err, wall, nfft = np.mean([r[3] for r in sel]), np.mean([r[5] for r in sel]), np.mean([r[6] for r in sel])
+        print(f"{label:>5} {name:<22} {err:8.1f} {geo:12.4g} {wall:7.1f} {nfft:6.0f}")
 
 
 if __name__ == "__main__":
