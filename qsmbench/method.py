@@ -72,6 +72,9 @@ trained_on : dict or None
     the reserved training range).  Copied into ``run.json`` and shown in the report.
 notes : list[str]
     Free-form remarks copied into ``run.json``.
+info : dict
+    Extra facts of the last reconstruction (JSON-serialisable numbers/strings, e.g. MEDI's chosen
+    lambda and noise estimate), copied into ``run.json``'s ``info``.
 """
 
 from __future__ import annotations
@@ -119,6 +122,9 @@ class Method:
         self.device = device
         #: Free-form remarks the runner copies into run.json (e.g. "no magnitude: plain TV").
         self.notes: list[str] = []
+        #: Extra facts of the last reconstruction (JSON-serialisable, e.g. a chosen lambda), copied
+        #: into run.json's "info".
+        self.info: dict[str, Any] = {}
         #: What ``prepare`` trained on (seeds, phantom model, volumes); None for untrained methods.
         self.trained_on: dict[str, Any] | None = None
 

@@ -207,6 +207,7 @@ def _base_record(name: str, identity: Mapping[str, Any], params: Mapping[str, An
         "peak_gpu_mb": None,
         "fft_count": None,
         "notes": [],
+        "info": {},
         "tuned_on": None,
         "trained_on": None,
         "isolation": None,
@@ -283,6 +284,7 @@ def run_method(method: str | Method, vol: Volume, *, params: Mapping[str, Any] |
         log.error("method %s failed (%s): %s", name, status, record["error"])
     record["status"] = status
     record["notes"] = list(getattr(instance, "notes", []))
+    record["info"] = dict(getattr(instance, "info", None) or {})
     record["trained_on"] = getattr(instance, "trained_on", None)
     plugins.annotate_record(instance, record)  # command line, version, image; imported: no timing
     return RunResult(status, chi, record)

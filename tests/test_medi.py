@@ -6,7 +6,7 @@ import inspect
 import numpy as np
 import pytest
 
-from qsmbench import operators, physics, registry
+from qsmbench import operators, physics, registry, seeds
 from qsmbench.contract import contract_volume
 from qsmbench.errors import ConfigError
 
@@ -15,6 +15,8 @@ MEDI = medi.MEDI
 
 
 def _run(vol, **params):
+    """MEDI with the toolbox's fixed lambda unless ``lambda_rule`` is given (the solver's semantics)."""
+    params.setdefault("lambda_rule", "fixed")
     m = MEDI(**params)
     chi = m.reconstruct(vol.for_method())
     return chi, m
@@ -426,3 +428,150 @@ def test_defaults_are_the_published_ones():
             p["cg_tol"], p["smv_radius_mm"], p["merit_sigma"], p["lam_csf"], p["d0"]) == \
         (1000.0, 0.9, 1e-6, 10, 0.1, 100, 0.01, 5.0, 6.0, 100.0, 0.0)
     assert not (p["smv"] or p["merit"] or p["medi0"]) and p["pad_factor"] == 1.0 and p["edge_weighting"]
+    # our choice (issue 12): lambda by the discrepancy principle, starting from the toolbox's 1000
+    assert (p["lambda_rule"], p["discrepancy_tau"]) == ("discrepancy", 0.5)
+    assert all(seeds.role_of(s) == "tune" for s in MEDI.tuned_on["seeds"])
+
+
+# --------------------------------------------------------------------------- lambda by the discrepancy principle
+def _smooth_field(shape):
+    """A smooth field (rad): a quadratic plus a slow sine, whose 7-point Laplacian is tiny."""
+    g = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    return 0.5 * g[0] ** 2 - 0.3 * g[1] * g[2] + 0.2 * np.sin(1.5 * g[2])
+
+
+@pytest.mark.parametrize("sigma", [0.01, 0.1, 0.4])
+def test_noise_estimate_is_calibrated_on_white_noise(sigma):
+    shape = (40, 40, 40)
+    mask = _ellipsoid(shape, 0.45)
+    noise = np.random.default_rng(7).normal(size=shape)
+    est = medi.estimate_phase_noise(_smooth_field(shape) + sigma * noise, mask, mask.astype(np.float32))
+    assert est.sigma_w == pytest.approx(sigma, rel=0.04)
+    assert est.n_data == mask.sum() and 0.7 * mask.sum() < est.n_used < mask.sum()
+    # the expected residual of Gaussian phase noise: sum 2 (1 - exp(-sigma^2/2)) ~ N sigma^2 when small
+    assert est.expected_residual == pytest.approx(mask.sum() * 2 * (1 - np.exp(-est.sigma_w ** 2 / 2)), rel=1e-9)
+    if sigma <= 0.1:
+        assert est.expected_residual == pytest.approx(mask.sum() * est.sigma_w ** 2, rel=0.01)
+
+
+def test_noise_estimate_follows_the_magnitude_weighting():
+    """Noise sigma/|m| (qsmbench's perturbation) weighted by W = m / mean(m) is white with std
+    sigma / mean(m): the estimate returns that, and sigma_i = sigma_w / W_i per voxel."""
+    shape = (40, 40, 40)
+    mask = _ellipsoid(shape, 0.45)
+    g = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    mag = 1.0 + 0.5 * np.sin(2 * g[0]) * np.cos(g[1])          # slowly varying, 0.5 .. 1.5
+    sigma = 0.05
+    field = _smooth_field(shape) + sigma / mag * np.random.default_rng(8).normal(size=shape)
+    w = medi.data_weight(medi.magnitude_noise_std(mag, mask), mask)
+    est = medi.estimate_phase_noise(field, mask, w)
+    assert est.sigma_w == pytest.approx(sigma / mag[mask].mean(), rel=0.05)
+    # expected residual = sum W^2 2 (1 - exp(-(sigma_w/W)^2/2)), computed independently
+    wm = w[mask].astype(np.float64)
+    s_i = est.sigma_w / wm
+    assert est.expected_residual == pytest.approx(np.sum(wm ** 2 * 2 * (1 - np.exp(-s_i ** 2 / 2))), rel=1e-9)
+
+
+def test_discrepancy_search_finds_the_root_of_a_known_curve():
+    calls = []
+
+    def residual(lam):               # a power law in lam, as MEDI's residual roughly is
+        calls.append(lam)
+        return 5.0 * lam ** -0.6
+
+    target = 5.0 * 37.0 ** -0.6
+    s = medi.discrepancy_search(residual, target, 1000.0, lam_min=1.0, lam_max=1e5, tol=0.02)
+    assert s.converged and s.lam == pytest.approx(37.0, rel=0.05) and len(calls) <= 4
+    assert [t["lam"] for t in s.trace] == calls and abs(np.log(s.trace[-1]["ratio"])) <= np.log(1.02)
+    # a target below what lam_max reaches: stop at the bound, say so
+    low = medi.discrepancy_search(residual, 5.0 * 1e6 ** -0.6, 1000.0, lam_min=1.0, lam_max=1e5, max_evals=10)
+    assert low.bound == "lam_max" and low.lam == 1e5 and not low.converged
+    # a curve that is not a power law (steeper, then flatter): still bracketed and solved
+    s2 = medi.discrepancy_search(lambda v: 1.0 / (1 + v) + 1e-3, 0.02, 1000.0, lam_min=1.0, lam_max=1e5, tol=0.05,
+                                 max_evals=10)
+    assert s2.converged and 1.0 / (1 + s2.lam) + 1e-3 == pytest.approx(0.02, rel=0.05)
+
+
+@pytest.fixture(scope="module")
+def noisy_phantoms():
+    from qsmbench import perturb
+    from qsmbench.phantom import make_phantom
+
+    vol = make_phantom((32, 32, 32), (2.0, 2.0, 2.0), model="analytic", seed=5)
+    return vol, {snr: perturb.add_noise(vol, snr, seed=1) for snr in (40, 10)}
+
+
+def _nrmse(x, vol):
+    m, y = vol.mask, vol.references["chi"]
+    a, b = x[m] - x[m].mean(), y[m] - y[m].mean()
+    return 100 * np.linalg.norm(a - b) / np.linalg.norm(b)
+
+
+def test_discrepancy_meets_its_criterion_and_lambda_falls_with_the_noise(noisy_phantoms):
+    _, noisy = noisy_phantoms
+    lams = {}
+    for snr, vol in noisy.items():
+        chi, m = _run(vol, lambda_rule="discrepancy")
+        info = m.info
+        lams[snr] = info["lam"]
+        assert info["lambda_rule"] == "discrepancy" and info["search_converged"] and info["search_bound"] is None
+        # Morozov at the chosen lambda: the full solve's residual is within 25 % of tau * E||W(e^{in}-1)||^2
+        assert info["target_residual"] == pytest.approx(info["expected_residual"] * info["discrepancy_tau"])
+        assert 0.75 < info["final_residual"] / info["target_residual"] < 1.33, info
+        assert info["final_residual"] == pytest.approx(m.result.residual)
+        # ... which is what medi_cost computes for the masked solution's data term (independent check)
+        rdf = physics.ppm_to_rad(vol.field_ppm.astype(np.float64), vol.b0_tesla, vol.te_s)
+        data = medi.medi_cost(m.result.x_work, rdf, vol.mask, vol.voxel_size_mm, vol.b0_dir,
+                              magnitude=vol.magnitude, lam=1.0)["data"]
+        assert data == pytest.approx(info["final_residual"], rel=1e-3)
+        assert any("discrepancy principle" in n for n in m.notes)
+        # the noise estimate is at least the noise actually added (weighted, radians), and close to
+        # it where the noise dominates the field's own voxel-scale structure (SNR 10; at SNR 40 the
+        # coarse analytic phantom's edges leak in, about 2x)
+        w = medi.data_weight(medi.magnitude_noise_std(vol.magnitude, vol.mask), vol.mask)
+        clean = noisy_phantoms[0]
+        true_sd = np.std((w * physics.ppm_to_rad(vol.field_ppm - clean.field_ppm, vol.b0_tesla, vol.te_s))[vol.mask])
+        assert info["noise_sigma_w_rad"] > 0.9 * true_sd
+        if snr == 10:
+            assert info["noise_sigma_w_rad"] == pytest.approx(true_sd, rel=0.2)
+    # more noise: more regularisation (a smaller data weight); at SNR 40 this coarse phantom's edges
+    # dominate the noise estimate, hence the modest ratio (19.6 vs 25.6 when written)
+    assert lams[10] < 0.85 * lams[40], lams
+
+
+def test_discrepancy_does_not_explode_at_low_snr(noisy_phantoms):
+    """The issue-12 failure: the fixed lambda = 1000 fits the noise at peak SNR 10; the discrepancy
+    rule must stay far below it and at least as good as TKD."""
+    _, noisy = noisy_phantoms
+    vol = noisy[10]
+    fixed = _nrmse(_run(vol, lambda_rule="fixed")[0], vol)
+    disc = _nrmse(_run(vol, lambda_rule="discrepancy")[0], vol)
+    tkd = _nrmse(registry.get_method("tkd").reconstruct(vol.for_method()), vol)
+    assert disc < 0.6 * fixed and disc <= tkd, (disc, fixed, tkd)
+
+
+def test_discrepancy_keeps_odd_symmetry(noisy_phantoms):
+    _, noisy = noisy_phantoms
+    vol = noisy[40]
+    a, ma = _run(vol, lambda_rule="discrepancy")
+    b, mb = _run(dataclasses.replace(vol, field_ppm=-vol.field_ppm), lambda_rule="discrepancy")
+    assert ma.info["lam"] == mb.info["lam"]
+    np.testing.assert_allclose(b, -a, atol=1e-5 * np.abs(a).max())
+
+
+def test_chosen_lambda_reaches_run_json(small_volume):
+    from qsmbench import runner
+
+    res = runner.run_method("medi", small_volume, params={"search_max_evals": 3})
+    info = res.record["info"]
+    assert res.status == "ok" and info["lambda_rule"] == "discrepancy"
+    assert info["lam"] > 0 and info["noise_sigma_w_rad"] > 0 and len(info["search_trace"]) <= 3
+    fixed = runner.run_method("medi", small_volume, params={"lambda_rule": "fixed"})
+    assert fixed.record["info"] == {"lambda_rule": "fixed", "lam": 1000.0}
+    assert runner.run_method("tkd", small_volume).record["info"] == {}
+
+
+def test_bad_lambda_rule_parameters_are_config_errors(small_volume):
+    for params in ({"lambda_rule": "lcurve"}, {"discrepancy_tau": 0.0}, {"lam_min": 10.0, "lam_max": 5.0}):
+        with pytest.raises(ConfigError):
+            _run(small_volume, **params)
