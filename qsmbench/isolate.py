@@ -351,6 +351,7 @@ def _forked_main(target: Callable[[], int], cwd: str | os.PathLike, env: Mapping
     if env is not None:
         os.environ.clear()
         os.environ.update(env)
+    os.environ["QSMBENCH_ISOLATED"] = "1"  # as qsmbench._child: command plugins leave the limits to the parent
     tempfile.tempdir = None  # TMPDIR is read again
     return int(target() or 0)
 
