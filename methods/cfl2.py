@@ -7,6 +7,7 @@ import numpy as np
 from qsmbench.errors import ConfigError
 from qsmbench.method import Method
 from qsmbench.physics import difference_kernel_sq, dipole_kernel, kspace_filter
+from qsmbench.tuning import LogRange
 
 
 class CFL2(Method):
@@ -28,6 +29,7 @@ class CFL2(Method):
     name = "cfl2"
     symmetry = "linear"   # a fixed k-space filter
     parameters = {"lam": 0.09, "d0": 1.0 / 3.0, "mask_field": False, "pad_factor": 1.0}
+    tunable = {"lam": LogRange(1e-3, 1.0, 7, regularises="up")}   # searched by qsmbench.tuning
     references = [
         "Bilgic B et al. Fast quantitative susceptibility mapping with L1-regularization and "
         "automatic parameter selection. MRM 2014;72:1444-1459. doi:10.1002/mrm.25029",

@@ -48,6 +48,7 @@ import numpy as np
 from qsmbench import operators, physics
 from qsmbench.errors import ConfigError
 from qsmbench.method import Method
+from qsmbench.tuning import LinRange, LogRange
 
 #: numpy percentile methods accepted (``"hazen"`` is MATLAB's ``prctile``).
 PERCENTILE_METHODS = ("hazen", "linear", "weibull", "median_unbiased", "normal_unbiased",
@@ -848,6 +849,11 @@ class ILSQR(Method):
         "mask_field": True,
         "pad_factor": 1.0,
     }
+    #: searched by qsmbench.tuning (one per run: tune_parameter): step 1's early stopping (a looser
+    #: tolerance stops sooner: regularises more) and the ill-conditioned cone of step 3 (a larger cone
+    #: hands more of k-space to the streak estimate)
+    tunable = {"lsqr_tol": LogRange(1e-3, 0.1, 5, regularises="up"),
+               "cone_threshold": LinRange(0.05, 0.25, 5, regularises="up")}
     references = [
         "Li W, Wang N, Yu F, Han H, Cao W, Romero R, Tantiwongkosi B, Duong TQ, Liu C. A method for "
         "estimating and removing streaking artifacts in quantitative susceptibility mapping. "

@@ -22,6 +22,7 @@ import numpy as np
 from qsmbench import operators, physics
 from qsmbench.errors import ConfigError, InputError
 from qsmbench.method import Method
+from qsmbench.tuning import LogRange
 
 #: Data-term weightings: the toolbox's ``data_weighting`` modes 0 (uniform) and 1 (1 / noise std).
 DATA_WEIGHTINGS = ("uniform", "magnitude")
@@ -651,6 +652,8 @@ class MEDI(Method):
         "medi0": False, "lam_csf": 100.0, "pad_factor": 1.0, "d0": 0.0,
     }
     uses = {"magnitude"}
+    #: searched by qsmbench.tuning; lam weights the data term, so a larger lam regularises less
+    tunable = {"lam": LogRange(1e2, 1e4, 5, regularises="down")}
     references = [
         "Liu T et al. Morphology enabled dipole inversion (MEDI) from a single-angle acquisition: "
         "comparison with COSMOS in human brain imaging. MRM 2011;66:777-783. doi:10.1002/mrm.22816",
