@@ -197,7 +197,7 @@ def base_config(**extra):
     ({"methods": {"tkd": {"tuning": 3}}}, r"key 'methods.tkd.tuning'"),
     ({"methods": {"tkd": {"tune_candidates": 2}}}, r"'methods.tkd.tune_candidates': 2 is less than the minimum of 3"),
     ({"methods": {"tkd": {"tune_parameter": "lam"}}}, r"'lam' is not a tunable parameter of 'tkd'; tunable: threshold"),
-    ({"methods": {"cfl2": {"tuned_on": {"dataset": "elsewhere"}}}}, r"'methods.cfl2.tuned_on.dataset': unknown dataset"),
+    ({"methods": {"cfl2": {"tuned_on": {"dataset": "nowhere"}}}}, r"cfl2.tuned_on.dataset': unknown dataset"),
     ({"methods": {"cfl2": {"tuned_on": {"dataset": "tiny", "perturbation": "orient-9"}}}},
      r"'orient-9' is not a perturbation of dataset 'tiny'"),
     ({"methods": {"uqsm": {"tune_candidates": 5}}}, r"method 'uqsm' declares no tunable parameter"),
