@@ -899,17 +899,21 @@ def lcurve_figure(selections: Sequence[Mapping[str, Any]], styles: Mapping[str, 
             continue
         ax.plot([p["misfit"] for p in pts], [p["regulariser"] for p in pts], "-", marker=".", color=st.colour,
                 label=f"{st.label} ({sels[0]['parameter']})")
+        modes_at: dict[int, list[str]] = {}
         for s in sels:
-            chosen = [p for p in pts if p["index"] == s.get("index")]
-            if chosen and s.get("mode") in marks:
-                m, size = marks[s["mode"]]
-                ax.plot(chosen[0]["misfit"], chosen[0]["regulariser"], m, ms=size, mfc="none", mew=1.6,
-                        color=st.colour)
-                ax.annotate(f"{s['mode']}: {chosen[0]['value']:.3g}", (chosen[0]["misfit"], chosen[0]["regulariser"]),
-                            textcoords="offset points", xytext=(6, 4), fontsize=7, color=st.colour)
+            if s.get("mode") in marks and s.get("index") is not None:
+                modes_at.setdefault(s["index"], []).append(s["mode"])
+        for p in pts:
+            for mode in modes_at.get(p["index"], []):
+                m, size = marks[mode]
+                ax.plot(p["misfit"], p["regulariser"], m, ms=size, mfc="none", mew=1.6, color=st.colour)
+            if p["index"] in modes_at:
+                ax.annotate(f"{', '.join(modes_at[p['index']])}: {p['value']:.3g}", (p["misfit"], p["regulariser"]),
+                            textcoords="offset points", xytext=(7, 3), fontsize=7, color=st.colour)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("data misfit ||M(D*χ − f)|| (ppm)")
     ax.set_ylabel("regulariser ||M ∇χ|| (ppm/mm)")
     ax.legend(fontsize=7, frameon=False)
+    ax.set_title("chosen: ☆ L-curve corner, ◇ discrepancy, ○ oracle (upper bound)", fontsize=8)
     return fig

@@ -767,6 +767,17 @@ def _tuning_requested(df: pd.DataFrame, plan: Mapping[str, Any] | None) -> bool:
         m != "default" for p in (plan or {}).values() for m in p.get("modes", []))
 
 
+def _tuned_values_text(text: str) -> str:
+    """'{"lam": 0.0316...}; ...' (the table's tuned_value, joined over seeds) as 'lam = 0.0316; ...'."""
+    out = []
+    for part in (p for p in text.split("; ") if p):
+        try:
+            out.append(", ".join(f"{k} = {format_number(v)}" for k, v in json.loads(part).items()))
+        except (json.JSONDecodeError, AttributeError):
+            out.append(part)
+    return "; ".join(out)
+
+
 def _tuning(b: _Builder, df: pd.DataFrame, plan: Mapping[str, Any] | None, selections,
             headline: Sequence[str]) -> dict[str, Any] | None:
     """Default vs tuned scores side by side, the per-mode rankings and the L-curves."""
@@ -796,7 +807,8 @@ def _tuning(b: _Builder, df: pd.DataFrame, plan: Mapping[str, Any] | None, selec
             else:
                 row.append(_cell(format_number(v), cls="num"))
             if mode != "default":
-                row.append(_cell(r[f"{mode}_value"] or ("" if v == tuning.NOT_TUNABLE else "—")))
+                row.append(_cell(_tuned_values_text(r[f"{mode}_value"]) or ("" if v == tuning.NOT_TUNABLE else "—"),
+                                 title=r[f"{mode}_value"]))
         rows.append(row)
     side = b.table("tuning_side_by_side", columns, rows,
                    f"qsmbench.tuning.side_by_side from {b.source} ({metric}, mean over seeds)", collapsed=False)

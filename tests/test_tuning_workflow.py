@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from test_workflow import snakemake
 
 PLAIN_PLUGIN = '''
