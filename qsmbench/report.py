@@ -51,7 +51,6 @@ STYLE = "style.css"
 SECTIONS = {
     "overview": "Overview",
     "results": "Results per dataset",
-    "tuning": "Tuning: default vs tuned",
     "robustness": "Robustness",
     "montages": "Slice montages",
     "cost": "Cost: run time and memory",
@@ -60,6 +59,9 @@ SECTIONS = {
     "definitions": "Metric definitions",
     "provenance": "Provenance",
 }
+
+#: The section shown after "results" when any run is tuned (qsmbench.tuning).
+TUNING_SECTION = ("tuning", "Tuning: default vs tuned")
 
 #: Sub-folders of ``figures_dir``, one per kind of figure.
 FIGURE_KINDS = ("ranking", "robustness", "montage", "cost", "tuning")
@@ -355,8 +357,7 @@ def render_report(table: pd.DataFrame | str | os.PathLike, out_html: str | os.Pa
         "title": title or "qsmbench report",
         "css": Markup((report_dir / STYLE).read_text(encoding="utf-8")) if (report_dir / STYLE).is_file()
         else "",
-        "sections": SECTIONS if _tuning_requested(all_rows, tuning_plan)
-        else {k: v for k, v in SECTIONS.items() if k != "tuning"},
+        "sections": _with_tuning(SECTIONS) if _tuning_requested(all_rows, tuning_plan) else SECTIONS,
         "overview": _overview(b, headline, not_run or {}),
         "datasets": _results(b, headline),
         "tuning": _tuning(b, all_rows, tuning_plan, selections, headline),
@@ -765,6 +766,15 @@ def _montage(b: _Builder, entry: Mapping[str, Any]) -> dict[str, Any]:
 def _tuning_requested(df: pd.DataFrame, plan: Mapping[str, Any] | None) -> bool:
     return bool((df["tuning"] != "default").any()) or any(
         m != "default" for p in (plan or {}).values() for m in p.get("modes", []))
+
+
+def _with_tuning(sections: Mapping[str, str]) -> dict[str, str]:
+    out = {}
+    for k, v in sections.items():
+        out[k] = v
+        if k == "results":
+            out[TUNING_SECTION[0]] = TUNING_SECTION[1]
+    return out
 
 
 def _tuned_values_text(text: str) -> str:
