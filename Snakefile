@@ -23,6 +23,7 @@ include: "workflow/rules/datasets.smk"
 include: "workflow/rules/perturb.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/reconstruct.smk"
+include: "workflow/rules/tune.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 

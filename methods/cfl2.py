@@ -9,6 +9,7 @@ from qsmbench.errors import ConfigError
 from qsmbench.method import Method
 from qsmbench.operators import kspace_filter
 from qsmbench.physics import difference_kernel_sq, dipole_kernel
+from qsmbench.tuning import LogRange
 
 
 class CFL2(Method):
@@ -31,6 +32,7 @@ class CFL2(Method):
     symmetry = "linear"   # a fixed k-space filter
     uses = {"gpu_optional"}   # torch on a CUDA device when device cuda is asked for (qsmbench.backend)
     parameters = {"lam": 0.09, "d0": 1.0 / 3.0, "mask_field": False, "pad_factor": 1.0}
+    tunable = {"lam": LogRange(1e-3, 1.0, 7, regularises="up")}   # searched by qsmbench.tuning
     references = [
         "Bilgic B et al. Fast quantitative susceptibility mapping with L1-regularization and "
         "automatic parameter selection. MRM 2014;72:1444-1459. doi:10.1002/mrm.25029",

@@ -51,6 +51,7 @@ from qsmbench.backend import Backend
 from qsmbench.backend import for_method as backend_for
 from qsmbench.errors import ConfigError
 from qsmbench.method import Method
+from qsmbench.tuning import LinRange, LogRange
 
 #: Step 1's ``lsqr_precision`` -> (dtype of the LSQR vectors, dtype of the FFTs).
 LSQR_PRECISIONS = {"double": (np.float64, np.float64), "mixed": (np.float64, np.float32),
@@ -771,6 +772,11 @@ class ILSQR(Method):
         "mask_field": True,
         "pad_factor": 1.0,
     }
+    #: searched by qsmbench.tuning (one per run: tune_parameter): step 1's early stopping (a looser
+    #: tolerance stops sooner: regularises more) and the ill-conditioned cone of step 3 (a larger cone
+    #: hands more of k-space to the streak estimate)
+    tunable = {"lsqr_tol": LogRange(1e-3, 0.1, 5, regularises="up"),
+               "cone_threshold": LinRange(0.05, 0.25, 5, regularises="up")}
     references = [
         "Li W, Wang N, Yu F, Han H, Cao W, Romero R, Tantiwongkosi B, Duong TQ, Liu C. A method for "
         "estimating and removing streaking artifacts in quantitative susceptibility mapping. "

@@ -25,6 +25,7 @@ from qsmbench.backend import Backend
 from qsmbench.backend import for_method as backend_for
 from qsmbench.errors import ConfigError, InputError
 from qsmbench.method import Method
+from qsmbench.tuning import LogRange
 
 #: Data-term weightings: the toolbox's ``data_weighting`` modes 0 (uniform) and 1 (1 / noise std).
 DATA_WEIGHTINGS = ("uniform", "magnitude")
@@ -922,6 +923,9 @@ class MEDI(Method):
         "medi0": False, "lam_csf": 100.0, "pad_factor": 1.0, "d0": 0.0,
     }
     uses = {"magnitude", "gpu_optional"}   # Gauss-Newton/CG on torch tensors with device cuda
+    #: searched by qsmbench.tuning; lam weights the data term, so a larger lam regularises less;
+    #: searched with lambda_rule fixed (with the default discrepancy rule lam is only the start)
+    tunable = {"lam": LogRange(1e0, 1e4, 5, regularises="down", fixed=(("lambda_rule", "fixed"),))}
     references = [
         "Liu T et al. Morphology enabled dipole inversion (MEDI) from a single-angle acquisition: "
         "comparison with COSMOS in human brain imaging. MRM 2011;66:777-783. doi:10.1002/mrm.22816",

@@ -9,6 +9,7 @@ from qsmbench.errors import ConfigError
 from qsmbench.method import Method
 from qsmbench.operators import kspace_filter
 from qsmbench.physics import dipole_kernel
+from qsmbench.tuning import LogRange
 
 #: Variant -> (threshold t, D(0)).
 VARIANTS = {"official2016": (0.19, 1.0 / 3.0), "shmueli": (0.15, 0.0)}
@@ -42,6 +43,8 @@ class TKD(Method):
     parameters = {"variant": "official2016", "threshold": None, "d0": None,
                   "mask_field": False, "pad_factor": 1.0}
     parameter_types = {"threshold": float, "d0": float}
+    #: searched by qsmbench.tuning (a larger threshold truncates more: regularises more)
+    tunable = {"threshold": LogRange(0.04, 0.5, 7, regularises="up")}
     references = [
         "Shmueli K et al. Magnetic susceptibility mapping of brain tissue in vivo using MRI "
         "phase data. MRM 2009;62:1510-1522. doi:10.1002/mrm.22135",

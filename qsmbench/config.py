@@ -65,8 +65,20 @@ def validate_config(config: Mapping[str, Any], *, source: str = "config",
     _check_datasets(config, source)
     if check_methods:
         _check_methods(config, source)
-    _check_run_filters(config, perturbation_plan(config, source=source), source)
+    plan = perturbation_plan(config, source=source)
+    _check_run_filters(config, plan, source)
+    if check_methods:
+        _check_tuning(config, plan, source)
     return config
+
+
+def _check_tuning(config: Mapping[str, Any], plan: Mapping[str, Any], source: str) -> None:
+    """Tuning keys against the registry and the datasets (:func:`qsmbench.tuning.check_config`)."""
+    from .registry import method_infos  # noqa: PLC0415
+    from .tuning import check_config  # noqa: PLC0415
+
+    infos = {i.name: i for i in method_infos(config.get("method_dirs", []))}
+    check_config(config, infos, plan, lambda d: dataset_has_truth(config, d), source)
 
 
 def _cli_booleans(config: dict) -> None:

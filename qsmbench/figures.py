@@ -655,7 +655,7 @@ def paper_figures(table: pd.DataFrame | str | os.PathLike, out_dir: str | os.Pat
     if not isinstance(table, pd.DataFrame):
         source = f"the results table {Path(table).name}"
         table = results.read_table(table)
-    df = results.as_table(table)
+    df = results.default_rows(results.as_table(table))  # tuned runs are shown in the report's Tuning section
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for old in out.iterdir():
@@ -878,3 +878,42 @@ __all__ = ["ABLATION_METHODS", "CHI_RANGE_PPM", "EXTRA_PALETTE", "KNOWN_METHODS"
            "load_montage", "method_styles", "metric_bars_figure", "montage_figure", "paper_figure_map", "paper_figures",
            "pyplot",
            "ranking_figure", "slug"]
+
+
+# --------------------------------------------------------------------------- tuning
+def lcurve_figure(selections: Sequence[Mapping[str, Any]], styles: Mapping[str, MethodStyle]):
+    """L-curves of the tuning searches (:mod:`qsmbench.tuning`) of one (dataset, perturbation):
+    log data misfit against log regulariser norm, one line per run through its candidates, the
+    value each mode chose marked (star: L-curve corner, diamond: discrepancy, circle: oracle)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.6, 4.2), layout="constrained")
+    marks = {"lcurve": ("*", 14), "discrepancy": ("D", 8), "oracle": ("o", 10)}
+    by_run: dict[str, list[Mapping[str, Any]]] = {}
+    for s in selections:
+        by_run.setdefault(s["run_id"], []).append(s)
+    for run, sels in sorted(by_run.items()):
+        st = style_of(styles, run)
+        pts = sorted((p for p in sels[0]["points"] if p.get("misfit") and p.get("regulariser")),
+                     key=lambda p: p["value"])
+        if not pts:
+            continue
+        ax.plot([p["misfit"] for p in pts], [p["regulariser"] for p in pts], "-", marker=".", color=st.colour,
+                label=f"{st.label} ({sels[0]['parameter']})")
+        modes_at: dict[int, list[str]] = {}
+        for s in sels:
+            if s.get("mode") in marks and s.get("index") is not None:
+                modes_at.setdefault(s["index"], []).append(s["mode"])
+        for p in pts:
+            for mode in modes_at.get(p["index"], []):
+                m, size = marks[mode]
+                ax.plot(p["misfit"], p["regulariser"], m, ms=size, mfc="none", mew=1.6, color=st.colour)
+            if p["index"] in modes_at:
+                ax.annotate(f"{', '.join(modes_at[p['index']])}: {p['value']:.3g}", (p["misfit"], p["regulariser"]),
+                            textcoords="offset points", xytext=(7, 3), fontsize=7, color=st.colour)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("data misfit ||M(D*χ − f)|| (ppm)")
+    ax.set_ylabel("regulariser ||M ∇χ|| (ppm/mm)")
+    ax.legend(fontsize=7, frameon=False)
+    ax.set_title("chosen: ☆ L-curve corner, ◇ discrepancy, ○ oracle (upper bound)", fontsize=8)
+    return fig

@@ -59,6 +59,11 @@ symmetry : str or None
       the result depend on the field's scale).
     * ``None`` (default) -- nothing is guaranteed (e.g. learned methods); such a method is not
       checked.
+tunable : dict[str, LogRange | LinRange]
+    The key regularisation parameter(s) a tuning search may vary, with their search range
+    (:mod:`qsmbench.tuning`), e.g. ``{"lam": LogRange(1e-3, 1.0, 7)}``; the first is searched
+    unless the config names another (``methods.<run>.tune_parameter``).  Empty (default): the
+    method is reported as "not tunable" in tuned modes.  Tuning never changes ``parameters``.
 timeout_s : dict[str, float]
     Wall-clock limit (s) of one isolated workflow run by profile (``"default"`` for the others);
     the base class gives 30 min for ``quick`` and 6 h otherwise.  A method that needs more (or
@@ -112,6 +117,8 @@ class Method:
     #: ``reconstruct`` -- by profile; ``"default"`` serves the profiles not listed.  Past it the
     #: run is killed with status ``timeout``.  The config's ``methods.<run>.timeout_s`` overrides.
     timeout_s: ClassVar[dict[str, float]] = {"quick": 1800.0, "default": 6 * 3600.0}
+    #: Tunable parameters and their search ranges (qsmbench.tuning); see the module docstring.
+    tunable: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, *, profile: str | None = None, seed: int = 0, device: str = "cpu",
                  **params: Any):
@@ -168,6 +175,16 @@ class Method:
     def reconstruct(self, vol: Volume) -> np.ndarray:
         """Return chi in ppm on ``vol``'s grid, multiplied by ``vol.mask``."""
         raise NotImplementedError
+
+    def lcurve_terms(self, vol: Volume, chi_ppm: np.ndarray) -> dict[str, float]:
+        """``{"misfit", "regulariser"}`` norms of ``chi_ppm`` for the L-curve (truth-free tuning).
+
+        Default: :func:`qsmbench.tuning.generic_lcurve_terms` (``||M (D*chi - f)||`` and
+        ``||M grad chi||``, ppm); a method may return its own data term and regulariser instead.
+        """
+        from .tuning import generic_lcurve_terms  # noqa: PLC0415
+
+        return generic_lcurve_terms(vol, chi_ppm)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.params})"
@@ -249,6 +266,9 @@ def check_class(cls: type) -> list[str]:
     if not isinstance(limits, dict) or not all(
             isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in limits.values()):
         problems.append(f"{cls.__name__}.timeout_s must map profile names to positive numbers of seconds")
+    from .tuning import check_tunable  # noqa: PLC0415
+
+    problems += check_tunable(cls)
     for pname, prof in cls.profiles.items():
         unknown_p = set(prof) - set(cls.parameters)
         if unknown_p:

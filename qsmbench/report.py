@@ -61,8 +61,11 @@ SECTIONS = {
     "provenance": "Provenance",
 }
 
+#: The section shown after "results" when any run is tuned (qsmbench.tuning).
+TUNING_SECTION = ("tuning", "Tuning: default vs tuned")
+
 #: Sub-folders of ``figures_dir``, one per kind of figure.
-FIGURE_KINDS = ("ranking", "robustness", "montage", "cost")
+FIGURE_KINDS = ("ranking", "robustness", "montage", "cost", "tuning")
 
 #: Caption used when ``captions/{key}.rst`` is missing.
 DEFAULT_CAPTIONS = {
@@ -87,6 +90,14 @@ DEFAULT_CAPTIONS = {
     "parameters": "The parameters every method ran with.",
     "failed_runs": "Runs that failed, with their error.",
     "metric_definitions": "Definitions and sources of the metrics.",
+    "tuning_side_by_side": "Per method and volume, the score with the default parameters next to the score after "
+                           "tuning one parameter, with the value each mode chose. Oracle values are chosen against "
+                           "the ground truth and are an upper bound; L-curve and discrepancy values are chosen "
+                           "without it. 'not tunable': the method declares no tunable parameter.",
+    "tuning_ranking": "Ranking of the methods within each tuning mode (mean over volumes; 1 = best). Modes are "
+                      "ranked separately and never mixed.",
+    "lcurve": "L-curve of each method's search: data misfit against regulariser norm over the candidate values; "
+              "the marks show the value each mode chose.",
     "provenance": "Software versions, hardware and configuration that produced these results.",
     "data_checksums": "Checksums of the input data.",
     "config": "The configuration of the run.",
@@ -281,7 +292,9 @@ def render_report(table: pd.DataFrame | str | os.PathLike, out_html: str | os.Pa
                   data_dirs: Mapping[str, str | os.PathLike] | None = None,
                   title: str | None = None, labels: Mapping[str, str] | None = None,
                   confidence: float = stats.CONFIDENCE, alpha: float = stats.ALPHA,
-                  correction: str = "holm", not_run: Mapping[str, str] | None = None) -> Path:
+                  correction: str = "holm", not_run: Mapping[str, str] | None = None,
+                  tuning_plan: Mapping[str, Any] | None = None,
+                  selections: Sequence[str | os.PathLike | Mapping[str, Any]] = ()) -> Path:
     """Write the report as one self-contained HTML file (atomically); return its path.
 
     Parameters
@@ -310,6 +323,10 @@ def render_report(table: pd.DataFrame | str | os.PathLike, out_html: str | os.Pa
         and the multiple-comparison correction of the paired tests (:mod:`qsmbench.stats`).
     not_run : {dataset: why} of configured datasets that did not run (e.g. gated data absent):
         listed under "Not run" in the overview.
+    tuning_plan : {run: plan} of :func:`qsmbench.tuning.run_plan` (which modes each run asked for,
+        whether its method is tunable); selections : the tuning selection records (or their JSON
+        files) for the L-curve plots.  Rows of tuned runs (``tuning`` other than ``default``) appear
+        only in the "Tuning" section; every other section shows the default runs.
     """
     source = "the results table"
     if not isinstance(table, pd.DataFrame):
@@ -317,6 +334,7 @@ def render_report(table: pd.DataFrame | str | os.PathLike, out_html: str | os.Pa
         table = results.read_table(table)
     df = results.as_table(table)  # the schema's columns and dtypes, whatever the source
     results.check_phantom_versions(df)  # one dataset, one phantom: never mix simulations in a report
+    all_rows, df = df, results.default_rows(df)  # tuned runs: the Tuning section only
     report_dir = Path(report_dir) if report_dir is not None else REPORT_DIR
     if not (report_dir / "templates" / TEMPLATE).is_file():
         raise InputError(f"report template not found: {report_dir / 'templates' / TEMPLATE}")
@@ -343,9 +361,10 @@ def render_report(table: pd.DataFrame | str | os.PathLike, out_html: str | os.Pa
         "title": title or "qsmbench report",
         "css": Markup((report_dir / STYLE).read_text(encoding="utf-8")) if (report_dir / STYLE).is_file()
         else "",
-        "sections": SECTIONS,
+        "sections": _with_tuning(SECTIONS) if _tuning_requested(all_rows, tuning_plan) else SECTIONS,
         "overview": _overview(b, headline, not_run or {}),
         "datasets": _results(b, headline),
+        "tuning": _tuning(b, all_rows, tuning_plan, selections, headline),
         "robustness": _robustness(b, robustness_metrics),
         "montages": montage_figures,
         "cost": _cost(b),
@@ -745,6 +764,91 @@ def _montage(b: _Builder, entry: Mapping[str, Any]) -> dict[str, Any]:
                     f"slice montage of {m['dataset']} ({m['perturbation']}) for {names}",
                     f"qsmbench.figures.montage_figure (matplotlib) from {m['volume_dir'].name}/ and the methods' "
                     "χ maps; values outside the brain mask are hidden")
+
+
+# --------------------------------------------------------------------------- tuning
+def _tuning_requested(df: pd.DataFrame, plan: Mapping[str, Any] | None) -> bool:
+    return bool((df["tuning"] != "default").any()) or any(
+        m != "default" for p in (plan or {}).values() for m in p.get("modes", []))
+
+
+def _with_tuning(sections: Mapping[str, str]) -> dict[str, str]:
+    out = {}
+    for k, v in sections.items():
+        out[k] = v
+        if k == "results":
+            out[TUNING_SECTION[0]] = TUNING_SECTION[1]
+    return out
+
+
+def _tuned_values_text(text: str) -> str:
+    """'{"lam": 0.0316...}; ...' (the table's tuned_value, joined over seeds) as 'lam = 0.0316; ...'."""
+    out = []
+    for part in (p for p in text.split("; ") if p):
+        try:
+            out.append(", ".join(f"{k} = {format_number(v)}" for k, v in json.loads(part).items()))
+        except (json.JSONDecodeError, AttributeError):
+            out.append(part)
+    return "; ".join(out)
+
+
+def _tuning(b: _Builder, df: pd.DataFrame, plan: Mapping[str, Any] | None, selections,
+            headline: Sequence[str]) -> dict[str, Any] | None:
+    """Default vs tuned scores side by side, the per-mode rankings and the L-curves."""
+    from . import tuning  # noqa: PLC0415
+
+    if not _tuning_requested(df, plan):
+        return None
+    metric = (headline or ["nrmse"])[0]
+    table, modes = tuning.side_by_side(df, plan, metric)
+    unit = b.meta.get(metric, ("", ""))[0]
+    columns = ["dataset", "perturbation", "method"]
+    for mode in modes:
+        columns.append({"text": f"{_label(metric, unit)} · {mode}" + (" (upper bound)" if mode == "oracle" else ""),
+                        "title": tuning.MODE_LABELS[mode]})
+        if mode != "default":
+            columns.append(f"{mode}: chosen value")
+    rows = []
+    for r in table.itertuples(index=False):
+        r = r._asdict()
+        row = [_cell(r["dataset"]), _cell(r["perturbation"]), b.method_cell(r["method"])]
+        for mode in modes:
+            v = r[mode]
+            if v == tuning.NOT_TUNABLE:
+                row.append(_cell(v, cls="na", title="the method declares no tunable parameter (Method.tunable)"))
+            elif v is None or (isinstance(v, float) and math.isnan(v)):
+                row.append(_cell("—", cls="na", title="not run in this mode"))
+            else:
+                row.append(_cell(format_number(v), cls="num"))
+            if mode != "default":
+                row.append(_cell(_tuned_values_text(r[f"{mode}_value"]) or ("" if v == tuning.NOT_TUNABLE else "—"),
+                                 title=r[f"{mode}_value"]))
+        rows.append(row)
+    side = b.table("tuning_side_by_side", columns, rows,
+                   f"qsmbench.tuning.side_by_side from {b.source} ({metric}, mean over seeds)", collapsed=False)
+    ranks = tuning.rankings(df, metric)
+    rank_rows = [[_cell(tuning.MODE_LABELS.get(r.tuning, r.tuning)), _cell(r.dataset), b.method_cell(r.method),
+                  _cell(format_number(r.mean), cls="num"), _cell(int(r.n), cls="num"), _cell(int(r.rank), cls="num")]
+                 for r in ranks.itertuples(index=False)]
+    ranking = b.table("tuning_ranking", ["mode", "dataset", "method", f"mean {metric}", "volumes", "rank"],
+                      rank_rows, f"qsmbench.tuning.rankings from {b.source}: one ranking per mode", collapsed=False)
+    from .io import read_json  # noqa: PLC0415
+
+    sels = [s if isinstance(s, Mapping) else read_json(s) for s in selections]
+    groups: dict[tuple[str, str], list] = {}
+    for s in sels:
+        if s.get("points"):
+            groups.setdefault((s["dataset"], s["perturbation"]), []).append(s)
+    figs = []
+    for (d, p), group in sorted(groups.items()):
+        if not any(s.get("mode") in ("lcurve", "discrepancy") for s in group):
+            continue
+        fig = figures.lcurve_figure(group, b.styles)
+        figs.append(b.figure("lcurve", fig, "tuning", f"lcurve-{d}-{p}", f"L-curves · {d} · {p}",
+                             f"L-curves of the tuning searches on {d} ({p})",
+                             "qsmbench.figures.lcurve_figure from the tuning selection records "
+                             "(results/tune/.../selection.json)"))
+    return {"side_by_side": side, "ranking": ranking, "figures": figs}
 
 
 # --------------------------------------------------------------------------- cost

@@ -31,6 +31,7 @@ import pandas as pd
 from . import io, metrics
 from .errors import InputError
 from .io import atomic_write  # the one atomic writer; re-exported for callers of results
+from .tuning import tuned_value_text
 
 #: Status of a run, as written by the runner in ``run.json`` (:data:`qsmbench.runner.STATUSES`).
 RUN_STATUSES = ("ok", "failed", "timeout", "oom", "not_run")
@@ -85,6 +86,11 @@ COLUMNS: dict[str, str] = {
                   "seeds from the training range); '' for methods that do not train",
     "tuned_on": "what the method's defaults were tuned on (run.json 'tuned_on', as JSON: what, phantom model, "
                 "seeds from the tuning range); '' when the defaults come from the paper",
+    "tuning": "tuning mode of the run (qsmbench.tuning): 'default' (the method's defaults), 'oracle' (value chosen "
+              "against the truth: an upper bound), 'lcurve' or 'discrepancy' (chosen without the truth). Rankings "
+              "are computed per mode, never across modes",
+    "tuned_value": "the tuned parameter and the value chosen for this run, as JSON (e.g. {\"lam\": 0.05}); '' for "
+                   "default runs",
 }
 
 #: Columns the workflow adds after the schema's (kept by :func:`write_table`/:func:`read_table`).
@@ -95,10 +101,10 @@ EXTRA_COLUMNS: dict[str, str] = {
 
 #: Schema columns newer than some stored tables: filled with '' when a table lacks them.
 _ADDED_COLUMNS = ("data_sha256", "phantom_model", "phantom_version", "trained_on", "tuned_on", "profile_reason",
-                  "log_tail")
+                  "log_tail", "tuning", "tuned_value")
 
 #: The columns that identify a row, in sort order.
-KEY_COLUMNS = ("dataset", "reference", "perturbation", "method", "seed", "metric")
+KEY_COLUMNS = ("dataset", "reference", "perturbation", "method", "seed", "metric", "tuning")
 
 _FLOAT_COLUMNS = ("value", "wall_s", "cpu_s", "prepare_s", "peak_rss_mb", "peak_gpu_mb")
 _INT_COLUMNS = ("seed",)
@@ -284,6 +290,8 @@ def _rows_of(record: Any, path: Path) -> list[dict[str, Any]]:
         "phantom_version": _text(record.get("phantom_version")),
         "trained_on": _provenance_text(run.get("trained_on")),
         "tuned_on": _provenance_text(run.get("tuned_on")),
+        "tuning": str((run.get("tuning") or {}).get("mode") or "default"),
+        "tuned_value": tuned_value_text(run.get("tuning")),
     }
     rows = []
     if status != "ok" or not record["references"]:
@@ -373,7 +381,9 @@ def as_table(df: pd.DataFrame, what: str = "the results table") -> pd.DataFrame:
     df = df.assign(**{c: "" for c in _ADDED_COLUMNS if c not in df.columns})
     if missing:
         raise InputError(f"{what} lacks the column(s) {', '.join(missing)}")
-    return _coerce(df)
+    df = _coerce(df)
+    df["tuning"] = df["tuning"].replace("", "default")  # tables from before tuning existed
+    return df
 
 
 def write_table(df: pd.DataFrame, parquet_path: str | os.PathLike,
@@ -403,16 +413,24 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
     return as_table(df, str(path))
 
 
+def default_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows of runs with the methods' default parameters (``tuning == 'default'``): what every
+    section of the report except "Tuning" shows, so that tuned and default results never mix."""
+    if "tuning" not in df.columns:
+        return df
+    return df[df["tuning"].isin(["default", ""])].reset_index(drop=True)
+
+
 def runs(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per run (dataset, perturbation, method, seed) with its run-level columns."""
+    """One row per run (dataset, perturbation, method, seed, tuning) with its run-level columns."""
     cols = ["dataset", "perturbation", "method", "seed", "run_status", "error", "log_tail", "wall_s", "cpu_s",
             "prepare_s", "peak_rss_mb", "peak_gpu_mb", "method_name", "profile", "profile_reason", "device",
             "parameters", "qsmbench_version", "git_commit", "data_sha256", "phantom_model", "phantom_version",
-            "trained_on", "tuned_on"]
-    out = df[cols].drop_duplicates(subset=["dataset", "perturbation", "method", "seed"])
+            "trained_on", "tuned_on", "tuning", "tuned_value"]
+    out = df[cols].drop_duplicates(subset=["dataset", "perturbation", "method", "seed", "tuning"])
     return out.sort_values(["dataset", "perturbation", "method", "seed"]).reset_index(drop=True)
 
 
 __all__ = ["COLUMNS", "EXTRA_COLUMNS", "KEY_COLUMNS", "ROW_STATUSES", "RUN_STATUSES", "as_table", "atomic_write",
-           "check_phantom_versions", "collect", "digest_of", "evaluate_run", "read_table", "runs", "volume_checksums",
-           "write_table"]
+           "check_phantom_versions", "collect", "default_rows", "digest_of", "evaluate_run", "read_table", "runs",
+           "volume_checksums", "write_table"]

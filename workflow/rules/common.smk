@@ -235,3 +235,35 @@ def pretrain_threads(wildcards):
     except WorkflowError:  # no --cores (dry run)
         return 8
     return max(1, min(8, int(cores) // 2))
+
+
+# ---------------------------------------------------------------- tuning (tune.smk)
+from qsmbench.config import dataset_has_truth  # noqa: E402
+from qsmbench.tuning import TUNED_MODES, run_plan, selection_source, tuned_jobs  # noqa: E402
+
+TUNING_PLAN = run_plan(config, METHOD_CLASSES)  # {run: modes, parameter, candidates, ...}
+TUNED_JOBS = tuned_jobs(all_jobs(), TUNING_PLAN, {d: dataset_has_truth(RUN_CONFIG, d) for d in DATASETS})
+
+
+def tune_dir(dataset, perturbation, run):
+    return f"results/tune/{dataset}/{perturbation}/{run}"
+
+
+def selection_of(dataset, perturbation, run, mode):
+    """The selection record whose value a run on (dataset, perturbation) uses (tuned_on: another's)."""
+    src_d, src_p = selection_source(dataset, perturbation, TUNING_PLAN[run])
+    return f"{tune_dir(src_d, src_p, run)}/{mode}/selection.json"
+
+
+def candidate_scores(wildcards):
+    n = len(TUNING_PLAN[wildcards.run]["candidates"])
+    base = tune_dir(wildcards.dataset, wildcards.perturbation, wildcards.run)
+    return [f"{base}/candidate-{i}/score.json" for i in range(n)]
+
+
+def all_tuned_metric_jsons(wildcards=None):
+    return [f"{tune_dir(d, p, r)}/{m}/metrics.json" for d, p, r, m in TUNED_JOBS]
+
+
+def all_selection_jsons(wildcards=None):
+    return sorted({selection_of(d, p, r, m) for d, p, r, m in TUNED_JOBS})

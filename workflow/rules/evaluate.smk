@@ -18,6 +18,7 @@ rule evaluate:
 rule aggregate:
     input:
         all_metric_jsons,
+        all_tuned_metric_jsons,  # tune.smk
     output:
         parquet="results/metrics.parquet",
         csv="results/metrics.csv",

@@ -8,6 +8,7 @@ rule render_report:
         table="results/metrics.parquet",
         runs=all_run_jsons,
         volumes=expand("results/data/{dataset}/meta.json", dataset=DATASETS),
+        selections=all_selection_jsons,  # tuning searches (tune.smk), for the L-curve plots
     output:
         html=report(
             "results/report/index.html",
@@ -51,6 +52,7 @@ rule render_report:
         config_hash=CONFIG_HASH,
         datasets=DATASETS,
         not_run=NOT_RUN,  # {dataset: why} skipped at start-up (common.smk)
+        tuning_plan=TUNING_PLAN,  # tune.smk
         figures_dir=lambda wildcards, output: str(Path(output.ranking).parent),
         title=config.get("report", {}).get("title", "qsmbench report"),
     log:

@@ -12,4 +12,5 @@ with job(snakemake):
                   montages=montages_from_runs(snakemake.input.runs, volumes),
                   config=snakemake.params.config, title=snakemake.params.title,
                   figures_dir=snakemake.params.figures_dir, data_dirs=volumes, not_run=snakemake.params.not_run,
+                  tuning_plan=snakemake.params.tuning_plan, selections=snakemake.input.selections,
                   provenance={"config_hash": snakemake.params.config_hash, "snakemake": version("snakemake")})

@@ -1,0 +1,102 @@
+# Tuning (qsmbench.tuning): default, tuned-by-truth (oracle) and tuned-without-truth (lcurve,
+# discrepancy) results side by side.  For each (dataset, perturbation, run) in a tuned mode:
+#   one tune_candidate job per candidate value of the run's tunable parameter (shared by the modes),
+#   one select_tuning job per mode (the chosen value), then reconstruct_tuned + evaluate_tuned:
+#   the final run with that value, scored like any other (column 'tuning' of the results table).
+# A run with tuned_on: {dataset, perturbation} takes the value chosen there (transfer).
+
+# TUNING_PLAN, TUNED_JOBS and the path helpers: common.smk
+
+
+rule tune_candidate:
+    input:
+        volume_meta,
+    output:
+        run="results/tune/{dataset}/{perturbation}/{run}/candidate-{index}/run.json",
+        score="results/tune/{dataset}/{perturbation}/{run}/candidate-{index}/score.json",
+    wildcard_constraints:
+        index=r"\d+",
+    params:
+        run=lambda wildcards: RUNS[wildcards.run],
+        plan=lambda wildcards: TUNING_PLAN[wildcards.run],
+        value=lambda wildcards: TUNING_PLAN[wildcards.run]["candidates"][int(wildcards.index)],
+        device=config.get("device", "auto"),
+        method_dirs=config.get("method_dirs", []),
+        timeout_s=reconstruct_timeout_s,
+    log:
+        "logs/tune/{dataset}/{perturbation}/{run}/candidate-{index}.log",
+    conda:
+        run_env
+    threads: config.get("threads", 1)
+    resources:
+        mem_mb=reconstruct_mem_mb,
+        gpu=reconstruct_gpus,
+        runtime=reconstruct_runtime,
+    script:
+        "../scripts/tune_candidate.py"
+
+
+rule select_tuning:
+    input:
+        candidate_scores,
+    output:
+        "results/tune/{dataset}/{perturbation}/{run}/{mode}/selection.json",
+    wildcard_constraints:
+        mode="|".join(TUNED_MODES),
+    params:
+        plan=lambda wildcards: TUNING_PLAN[wildcards.run],
+    log:
+        "logs/tune/{dataset}/{perturbation}/{run}/{mode}-select.log",
+    conda:
+        ENV_CORE
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    script:
+        "../scripts/select_tuning.py"
+
+
+rule reconstruct_tuned:
+    input:
+        volume=volume_meta,
+        selection=lambda wildcards: selection_of(wildcards.dataset, wildcards.perturbation, wildcards.run,
+                                                 wildcards.mode),
+    output:
+        "results/tune/{dataset}/{perturbation}/{run}/{mode}/run.json",
+    wildcard_constraints:
+        mode="|".join(TUNED_MODES),
+    params:
+        run=lambda wildcards: RUNS[wildcards.run],
+        device=config.get("device", "auto"),
+        method_dirs=config.get("method_dirs", []),
+        timeout_s=reconstruct_timeout_s,
+    log:
+        "logs/tune/{dataset}/{perturbation}/{run}/{mode}.log",
+    conda:
+        run_env
+    threads: config.get("threads", 1)
+    resources:
+        mem_mb=reconstruct_mem_mb,
+        gpu=reconstruct_gpus,
+        runtime=reconstruct_runtime,
+    script:
+        "../scripts/reconstruct_tuned.py"
+
+
+rule evaluate_tuned:
+    input:
+        run="results/tune/{dataset}/{perturbation}/{run}/{mode}/run.json",
+        volume=volume_meta,
+    output:
+        "results/tune/{dataset}/{perturbation}/{run}/{mode}/metrics.json",
+    wildcard_constraints:
+        mode="|".join(TUNED_MODES),
+    log:
+        "logs/tune/{dataset}/{perturbation}/{run}/{mode}-evaluate.log",
+    conda:
+        ENV_CORE
+    resources:
+        mem_mb=3000,
+        runtime=10,
+    script:
+        "../scripts/evaluate.py"
