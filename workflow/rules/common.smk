@@ -194,3 +194,7 @@ def reconstruct_timeout_s(wildcards):
 def reconstruct_runtime(wildcards):
     """Scheduler runtime (minutes): the run's time limit plus a margin for loading and writing."""
     return int(reconstruct_timeout_s(wildcards) // 60) + 10
+
+
+# Cluster placement (partition, account, GPU requests): resources.smk
+include: "resources.smk"

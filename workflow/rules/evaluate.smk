@@ -8,7 +8,9 @@ rule evaluate:
         "logs/metrics/{dataset}/{perturbation}/{run}.log",
     conda:
         ENV_CORE
+    threads: 1
     resources:
+        **CLUSTER_RESOURCES,  # partition/account from the config (resources.smk)
         mem_mb=3000,
         runtime=10,
     script:
@@ -27,7 +29,9 @@ rule aggregate:
         "logs/aggregate.log",
     conda:
         ENV_CORE
+    threads: 1
     resources:
+        **CLUSTER_RESOURCES,  # partition/account from the config (resources.smk)
         mem_mb=2000,
         runtime=10,
     script:

@@ -24,7 +24,7 @@ rule pretrain:
         run_env  # the deep-learning environment for torch/GPU methods, else the core one
     threads: 8  # scaled down to --cores locally; training is the critical path of the run
     resources:
-        gpu=reconstruct_gpus,
+        **GPU_JOB_RESOURCES,  # gpu=1 for GPU-capable methods, else none (resources.smk)
         mem_mb=16000,  # the paper profile simulates 24 phantoms of up to 176^3 on a 2x finer grid
         runtime=240,
     script:

@@ -1,0 +1,50 @@
+# Cluster placement of the jobs, in one place (included by common.smk).  Every rule declares its
+# own threads, mem_mb and runtime (minutes) next to its code; this file adds what a cluster needs on
+# top of them:
+#   * CLUSTER_RESOURCES -- the SLURM partition/account from the config's `cluster` key, spread into
+#     the resources of every rule that is submitted (`**CLUSTER_RESOURCES`).  Empty when the config
+#     has no `cluster` key: then `--default-resources slurm_partition=... slurm_account=...` on the
+#     command line (or the cluster's defaults) apply.  Nothing is hard-coded.
+#   * GPU_JOB_RESOURCES -- for reconstruct and pretrain: `gpu` (1 for the runs of GPU-capable methods,
+#     GPU_RUNS in common.smk, unless device is cpu; absent -- no request at all -- for every other run),
+#     which the SLURM plugin submits as `--gpus=1`, and the partition of GPU jobs (cluster.gpu_partition).
+# Grouping of the many tiny jobs (evaluate, perturb) into few submissions is a matter of the
+# cluster profiles (workflow/profiles/*/config.yaml: groups, group-components); local runs ignore it.
+
+from qsmbench.jobs import cache_function_signatures  # noqa: E402
+
+# Snakemake inspects the signature of every input function / resource callable again for every
+# job (~15% of the DAG time of a 10,000-job grid); remember each function's signature instead.
+cache_function_signatures()
+
+CLUSTER = config.get("cluster") or {}
+
+
+def _cluster_resources():
+    out = {}
+    if CLUSTER.get("partition"):
+        out["slurm_partition"] = CLUSTER["partition"]
+    if CLUSTER.get("account"):
+        out["slurm_account"] = CLUSTER["account"]
+    return out
+
+
+CLUSTER_RESOURCES = _cluster_resources()
+
+
+def job_gpus(wildcards):
+    """GPUs of a reconstruct/pretrain job: 1 for a GPU-capable method unless device is cpu, else
+    None -- no `gpu` resource at all, so the scheduler is asked for none."""
+    return reconstruct_gpus(wildcards) or None
+
+
+def job_partition(wildcards):
+    """cluster.gpu_partition for the jobs that request a GPU, else cluster.partition."""
+    if job_gpus(wildcards):
+        return CLUSTER.get("gpu_partition") or CLUSTER.get("partition")
+    return CLUSTER.get("partition")
+
+
+GPU_JOB_RESOURCES = {**CLUSTER_RESOURCES, "gpu": job_gpus}
+if CLUSTER.get("gpu_partition"):
+    GPU_JOB_RESOURCES["slurm_partition"] = job_partition
