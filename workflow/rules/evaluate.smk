@@ -23,8 +23,10 @@ rule aggregate:
     output:
         parquet="results/metrics.parquet",
         csv="results/metrics.csv",
+        provenance="results/provenance.json",  # what produced the table: qsmbench provenance results/
     params:
         config_hash=CONFIG_HASH,
+        config=config,
     log:
         "logs/aggregate.log",
     conda:
