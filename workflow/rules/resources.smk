@@ -11,11 +11,13 @@
 # Grouping of the many tiny jobs (evaluate, perturb) into few submissions is a matter of the
 # cluster profiles (workflow/profiles/*/config.yaml: groups, group-components); local runs ignore it.
 
-from qsmbench.jobs import cache_function_signatures  # noqa: E402
+from qsmbench.jobs import cache_function_signatures, check_scripts_once_per_rule  # noqa: E402
 
-# Snakemake inspects the signature of every input function / resource callable again for every
-# job (~15% of the DAG time of a 10,000-job grid); remember each function's signature instead.
+# DAG time of big grids (tests/benchmarks/bench_dag.py): Snakemake inspects the signature of every
+# input function / resource callable again for every job, and reads every job's script file to
+# check it is there; remember each function's signature, and check each rule's script once.
 cache_function_signatures()
+check_scripts_once_per_rule()
 
 CLUSTER = config.get("cluster") or {}
 
