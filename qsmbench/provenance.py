@@ -163,14 +163,15 @@ def compare(record: Mapping[str, Any], *, configfile: str | os.PathLike | None =
         checks.append(("git commit", False, "the results record no commit"))
     else:
         same = commits == {clean_commit(now)}
-        checks.append(("git commit", same, f"results: {', '.join(sorted(commits))}; this checkout: {clean_commit(now)}"))
+        checks.append(("git commit", same,
+                       f"results: {', '.join(sorted(commits))}; this checkout: {clean_commit(now)}"))
     checks.append(("uncommitted changes", not is_dirty(now) and not record.get("git_dirty"),
                    f"results: {'yes' if record.get('git_dirty') else 'no'}; this checkout: "
                    f"{'yes' if is_dirty(now) else 'no' if now else 'unknown'}"))
     current = package_versions()
     if record.get("packages"):
         diffs = []
-        for digest, versions in record["packages"].items():
+        for versions in record["packages"].values():
             for name in sorted(set(versions) | set(current)):
                 a, b = versions.get(name), current.get(name)
                 if a != b and (a is not None or name in ("python", "qsmbench", "numpy", "scipy")):

@@ -99,7 +99,8 @@ EXTRA_COLUMNS: dict[str, str] = {
 }
 
 #: Schema columns newer than some stored tables: filled with '' when a table lacks them.
-_ADDED_COLUMNS = ("git_dirty", "packages_sha256", "data_sha256", "phantom_model", "phantom_version", "trained_on", "tuned_on", "profile_reason",
+_ADDED_COLUMNS = ("git_dirty", "packages_sha256",
+                  "data_sha256", "phantom_model", "phantom_version", "trained_on", "tuned_on", "profile_reason",
                   "log_tail")
 
 #: The columns that identify a row, in sort order.
@@ -420,7 +421,8 @@ def runs(df: pd.DataFrame) -> pd.DataFrame:
     """One row per run (dataset, perturbation, method, seed) with its run-level columns."""
     cols = ["dataset", "perturbation", "method", "seed", "run_status", "error", "log_tail", "wall_s", "cpu_s",
             "prepare_s", "peak_rss_mb", "peak_gpu_mb", "method_name", "profile", "profile_reason", "device",
-            "parameters", "qsmbench_version", "git_commit", "git_dirty", "packages_sha256", "data_sha256", "phantom_model", "phantom_version",
+            "parameters", "qsmbench_version", "git_commit", "git_dirty", "packages_sha256",
+            "data_sha256", "phantom_model", "phantom_version",
             "trained_on", "tuned_on"]
     out = df[cols].drop_duplicates(subset=["dataset", "perturbation", "method", "seed"])
     return out.sort_values(["dataset", "perturbation", "method", "seed"]).reset_index(drop=True)

@@ -60,7 +60,7 @@ def submit(state: Path, args: list[str]) -> int:
         fh.write(json.dumps(record) + "\n")
     exit_file = state / f"{jobid}.exit"
     log = open(state / f"{jobid}.log", "w")  # noqa: SIM115 - handed to the background job
-    subprocess.Popen(["/bin/sh", "-c", f'/bin/sh "$1"; echo $? > "$2.tmp" && mv "$2.tmp" "$2"', "job",
+    subprocess.Popen(["/bin/sh", "-c", '/bin/sh "$1"; echo $? > "$2.tmp" && mv "$2.tmp" "$2"', "job",
                       str(jobscript), str(exit_file)], stdout=log, stderr=subprocess.STDOUT,
                      start_new_session=True)
     print(jobid)

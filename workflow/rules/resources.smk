@@ -21,32 +21,14 @@ check_scripts_once_per_rule()
 
 CLUSTER = config.get("cluster") or {}
 
+# slurm_partition / slurm_account of every submitted job, when the config names them
+CLUSTER_RESOURCES = {res: CLUSTER[key] for res, key in (("slurm_partition", "partition"), ("slurm_account", "account"))
+                     if CLUSTER.get(key)}
 
-def _cluster_resources():
-    out = {}
-    if CLUSTER.get("partition"):
-        out["slurm_partition"] = CLUSTER["partition"]
-    if CLUSTER.get("account"):
-        out["slurm_account"] = CLUSTER["account"]
-    return out
-
-
-CLUSTER_RESOURCES = _cluster_resources()
-
-
-def job_gpus(wildcards):
-    """GPUs of a reconstruct/pretrain job: 1 for a GPU-capable method unless device is cpu, else
-    None -- no `gpu` resource at all, so the scheduler is asked for none."""
-    return reconstruct_gpus(wildcards) or None
-
-
-def job_partition(wildcards):
-    """cluster.gpu_partition for the jobs that request a GPU, else cluster.partition."""
-    if job_gpus(wildcards):
-        return CLUSTER.get("gpu_partition") or CLUSTER.get("partition")
-    return CLUSTER.get("partition")
-
-
-GPU_JOB_RESOURCES = {**CLUSTER_RESOURCES, "gpu": job_gpus}
+# GPUs of a reconstruct/pretrain job: 1 for a GPU-capable method unless device is cpu (reconstruct_gpus,
+# common.smk), else None -- no `gpu` resource at all, so the scheduler is asked for none
+GPU_JOB_RESOURCES = {**CLUSTER_RESOURCES, "gpu": lambda wildcards: reconstruct_gpus(wildcards) or None}
 if CLUSTER.get("gpu_partition"):
-    GPU_JOB_RESOURCES["slurm_partition"] = job_partition
+    # cluster.gpu_partition for the jobs that request a GPU, else cluster.partition (or the default)
+    GPU_JOB_RESOURCES["slurm_partition"] = lambda wildcards: (
+        CLUSTER["gpu_partition"] if reconstruct_gpus(wildcards) else CLUSTER.get("partition"))
