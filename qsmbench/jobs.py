@@ -128,7 +128,7 @@ def cache_function_signatures() -> bool:
     return True
 
 
-def check_scripts_once_per_rule() -> bool:
+def check_scripts_once_per_rule(cls=None) -> bool:
     """Make Snakemake check that a rule's ``script:`` file is readable once per rule, not per job.
 
     After building the DAG, Snakemake (9.x) reads every job's script through its source cache to
@@ -139,11 +139,12 @@ def check_scripts_once_per_rule() -> bool:
     each job.  Called once from the workflow (workflow/rules/resources.smk); returns False,
     changing nothing, when this Snakemake lacks the hook (``snakemake.dag.ScriptProcessor``).
     """
-    try:
-        import snakemake.dag as dag  # noqa: PLC0415
-    except ImportError:
-        return False
-    cls = getattr(dag, "ScriptProcessor", None)
+    if cls is None:  # the argument: for tests
+        try:
+            import snakemake.dag as dag  # noqa: PLC0415
+        except ImportError:
+            return False
+        cls = getattr(dag, "ScriptProcessor", None)
     original = getattr(cls, "process_job", None)
     if original is None or not hasattr(cls, "script_type"):
         return False

@@ -127,3 +127,71 @@ def test_slurm_profile_names_no_partition_or_account():
         profile = yaml.safe_load((ROOT / "workflow" / "profiles" / name / "config.yaml").read_text())
         text = json.dumps(profile)
         assert "slurm_partition" not in text and "slurm_account" not in text
+
+
+# --------------------------------------------------------------------------- DAG speed shims
+def test_cached_function_signatures_match_inspect():
+    import functools
+    import inspect
+
+    import snakemake.common as common
+    import snakemake.rules as sm_rules
+
+    from qsmbench.jobs import cache_function_signatures
+
+    assert cache_function_signatures() and cache_function_signatures()  # idempotent
+    assert sm_rules.get_function_params is common.get_function_params
+
+    def f(wildcards, input, threads=1):
+        return 0
+
+    class R:
+        def evaluate(self, *args, **kwargs):
+            return 0
+
+    part = functools.partial(f, threads=2)
+    for func in (f, R().evaluate, part, lambda wildcards: 1):
+        expected = list(inspect.signature(func).parameters)
+        assert list(common.get_function_params(func)) == expected
+        assert list(common.get_function_params(func)) == expected  # from the cache
+    assert list(common.get_function_params(R().evaluate)) == ["args", "kwargs"]  # bound: no self
+    # Snakemake's own override still wins
+    def g(*args):
+        return 0
+
+    common.overwrite_function_params(g, ["a", "b"])
+    assert common.get_function_params(g) == ["a", "b"]
+    assert common.get_input_function_aux_params(f, {"input": 1, "threads": 2, "other": 3}) == \
+        {"input": 1, "threads": 2}
+
+
+def test_scripts_are_checked_once_per_rule_unless_their_path_has_wildcards():
+    from types import SimpleNamespace
+
+    from qsmbench.jobs import check_scripts_once_per_rule
+
+    calls = []
+
+    class Processor:
+        script_type = "script"
+
+        def process_job(self, job):
+            calls.append(job.name)
+            if "missing" in (job.rule.script or ""):
+                raise FileNotFoundError(job.rule.script)
+
+    assert check_scripts_once_per_rule(Processor)
+    proc = Processor()
+
+    def job(name, rule, script):
+        return SimpleNamespace(name=name, is_script=script is not None, rule=SimpleNamespace(name=rule, script=script))
+
+    for i in range(3):
+        proc.process_job(job(f"r{i}", "reconstruct", "../scripts/reconstruct.py"))
+        proc.process_job(job(f"w{i}", "wild", "../scripts/{wildcards.x}.py"))
+        proc.process_job(job(f"s{i}", "shell", None))
+    assert calls == ["r0", "w0", "s0", "w1", "s1", "w2", "s2"]
+    with pytest.raises(FileNotFoundError):  # a script that is not there still fails the first job
+        proc.process_job(job("m0", "broken", "../scripts/missing.py"))
+    with pytest.raises(FileNotFoundError):  # ... and every later one (nothing was remembered)
+        proc.process_job(job("m1", "broken", "../scripts/missing.py"))
