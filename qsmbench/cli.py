@@ -151,6 +151,14 @@ def cmd_fetch(args) -> int:
     return 0
 
 
+def cmd_provenance(args) -> int:
+    from .provenance import report  # noqa: PLC0415
+
+    text, reproducible = report(args.results_dir, configfile=args.configfile)
+    print(text)
+    return 1 if args.check and not reproducible else 0
+
+
 def cmd_check_method(args) -> int:
     from .contract import run_contract  # noqa: PLC0415
     from .registry import classes_in_module, import_method_file  # noqa: PLC0415
@@ -279,6 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="base URL serving the files under their cache paths (default: $QSMBENCH_MIRROR)")
     s.add_argument("--cache", default=None, help="data cache folder (default: $QSMBENCH_DATA or the per-user cache)")
     s.set_defaults(func=cmd_fetch)
+
+    s = sub.add_parser("provenance", help="what produced a results folder; would this checkout reproduce it?")
+    s.add_argument("results_dir", metavar="RESULTS_DIR", help="a results folder (results/ or the workflow's directory)")
+    s.add_argument("--configfile", help="compare the results' config hash with this configuration's")
+    s.add_argument("--check", action="store_true", help="exit with status 1 when this checkout would not reproduce it")
+    s.set_defaults(func=cmd_provenance)
 
     s = sub.add_parser("check-method", help="run the method contract tests on a plugin file (.py, or a .yaml spec)")
     s.add_argument("file")

@@ -78,3 +78,90 @@ def release_stale_locks(snakemake_dir: str = ".snakemake") -> list[str]:
     if stale:
         shutil.rmtree(locks, ignore_errors=True)
     return stale
+
+
+def cache_function_signatures() -> bool:
+    """Make Snakemake remember the signature of each input function / resource callable.
+
+    Snakemake (9.x) calls ``inspect.signature`` on every params/input function and on every
+    resource evaluator again for every job it creates and prints: about 15 calls per
+    reconstruct/evaluate job, roughly a seventh of the time a 10,000-job grid takes to build and
+    dry-run.  A function's signature does not change, so the result is stored on the function
+    itself (for a bound method: on the function behind it); an override set through
+    ``snakemake.common.overwrite_function_params`` still comes first.  Called once from the workflow
+    (workflow/rules/resources.smk); returns False, changing nothing, when this Snakemake lacks
+    that hook.
+    """
+    import inspect  # noqa: PLC0415
+
+    try:
+        import snakemake.common as common  # noqa: PLC0415
+        import snakemake.jobs as sm_jobs  # noqa: PLC0415
+        import snakemake.rules as sm_rules  # noqa: PLC0415
+    except ImportError:
+        return False
+    attr = getattr(common, "FUNC_OVERWRITE_PARAMS_ATTR", None)
+    original = getattr(common, "get_function_params", None)
+    if attr is None or original is None or getattr(original, "_qsmbench_cached", False):
+        return bool(getattr(original, "_qsmbench_cached", False))
+
+    def get_function_params(func):
+        if hasattr(func, attr):  # Snakemake's own override first, as before
+            return getattr(func, attr)
+        # a bound method (e.g. a resource's evaluator) is a new object at each access: cache its
+        # signature (without self) on the function behind it, under a name of its own
+        target, key = (func.__func__, "_qsmbench_bound_params") if inspect.ismethod(func) else \
+            (func, "_qsmbench_params")
+        params = getattr(target, "__dict__", {}).get(key)
+        if params is None:
+            params = inspect.signature(func).parameters
+            try:
+                setattr(target, key, params)
+            except (AttributeError, TypeError):  # builtins, partials of builtins: not cached
+                pass
+        return params
+
+    get_function_params._qsmbench_cached = True
+    for module in (common, sm_rules, sm_jobs):
+        if getattr(module, "get_function_params", None) is original:
+            module.get_function_params = get_function_params
+    return True
+
+
+def check_scripts_once_per_rule(cls=None) -> bool:
+    """Make Snakemake check that a rule's ``script:`` file is readable once per rule, not per job.
+
+    After building the DAG, Snakemake (9.x) reads every job's script through its source cache to
+    check that it is accessible: one file read, URI parse and cache lookup per job, about a fifth
+    of the time a 10,000-job grid takes to dry-run.  For a script path without wildcards or
+    params (``{...}``) -- all of this workflow's -- the answer is the same for every job of the
+    rule, so the first job's check stands for the others; a path with ``{`` is still checked for
+    each job.  Called once from the workflow (workflow/rules/resources.smk); returns False,
+    changing nothing, when this Snakemake lacks the hook (``snakemake.dag.ScriptProcessor``).
+    """
+    if cls is None:  # the argument: for tests
+        try:
+            import snakemake.dag as dag  # noqa: PLC0415
+        except ImportError:
+            return False
+        cls = getattr(dag, "ScriptProcessor", None)
+    original = getattr(cls, "process_job", None)
+    if original is None or not hasattr(cls, "script_type"):
+        return False
+    if getattr(original, "_qsmbench_once", False):
+        return True
+
+    def process_job(self, job):
+        entry = getattr(job.rule, self.script_type, None) if getattr(job, f"is_{self.script_type}", False) else None
+        if entry is None or "{" in str(entry):
+            return original(self, job)
+        checked = self.__dict__.setdefault("_qsmbench_checked", set())
+        key = (job.rule.name, str(entry))
+        if key not in checked:
+            original(self, job)  # raises when the script is not accessible
+            checked.add(key)
+        return None
+
+    process_job._qsmbench_once = True
+    cls.process_job = process_job
+    return True

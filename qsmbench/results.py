@@ -74,7 +74,13 @@ COLUMNS: dict[str, str] = {
     "device": "device the method ran on (e.g. 'cpu', 'cuda:0 (NVIDIA H100)')",
     "parameters": "the method's parameters as JSON (sorted keys)",
     "qsmbench_version": "qsmbench version that ran the reconstruction",
-    "git_commit": "git commit of the qsmbench checkout that ran it; '' when unknown",
+    "git_commit": "git commit of the qsmbench checkout that ran it (git describe; '-dirty' when it had "
+                  "uncommitted changes); '' when unknown",
+    "git_dirty": "'true' when that checkout had uncommitted changes to tracked files, 'false' when not, '' when "
+                 "unknown",
+    "packages_sha256": "digest of the versions of Python and the numerical packages that ran it "
+                       "(qsmbench.provenance.package_versions; the list is in run.json and results/provenance.json); "
+                       "'' when not recorded",
     "data_sha256": "checksum of the input volume the method reconstructed: sha256 of the lines "
                    "'{file} {sha256 of its uncompressed content}' of the volume folder's NIfTI files in "
                    "sorted order (volume_checksums); '' when not recorded",
@@ -100,7 +106,8 @@ EXTRA_COLUMNS: dict[str, str] = {
 }
 
 #: Schema columns newer than some stored tables: filled with '' when a table lacks them.
-_ADDED_COLUMNS = ("data_sha256", "phantom_model", "phantom_version", "trained_on", "tuned_on", "profile_reason",
+_ADDED_COLUMNS = ("git_dirty", "packages_sha256",
+                  "data_sha256", "phantom_model", "phantom_version", "trained_on", "tuned_on", "profile_reason",
                   "log_tail", "tuning", "tuned_value")
 
 #: The columns that identify a row, in sort order.
@@ -236,9 +243,13 @@ def collect(metric_json_paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
         metric_json_paths = [metric_json_paths]
     rows: list[dict[str, Any]] = []
     origin: dict[tuple, Path] = {}
+    packages: dict[str, dict] = {}
     for p in metric_json_paths:
         path = Path(p)
         record = io.read_json(path)
+        run = record.get("run") if isinstance(record, dict) else None
+        if isinstance(run, dict) and run.get("packages_sha256") and isinstance(run.get("packages"), dict):
+            packages.setdefault(run["packages_sha256"], run["packages"])
         for row in _rows_of(record, path):
             key = tuple(row[k] for k in KEY_COLUMNS)
             if key in origin:
@@ -249,7 +260,9 @@ def collect(metric_json_paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=list(COLUMNS))
     df = _coerce(df)
     check_phantom_versions(df)
-    return df.sort_values(list(KEY_COLUMNS), kind="stable").reset_index(drop=True)
+    df = df.sort_values(list(KEY_COLUMNS), kind="stable").reset_index(drop=True)
+    df.attrs["packages"] = packages  # {packages_sha256: versions}, for the provenance record
+    return df
 
 
 def _rows_of(record: Any, path: Path) -> list[dict[str, Any]]:
@@ -285,6 +298,8 @@ def _rows_of(record: Any, path: Path) -> list[dict[str, Any]]:
         "parameters": json.dumps(run.get("parameters") or {}, sort_keys=True, default=str),
         "qsmbench_version": _text(run.get("qsmbench_version")),
         "git_commit": _text(run.get("git_commit")),
+        "git_dirty": "" if run.get("git_dirty") is None else str(bool(run["git_dirty"])).lower(),
+        "packages_sha256": _text(run.get("packages_sha256")),
         "data_sha256": _text(record.get("data_sha256")),
         "phantom_model": _text(record.get("phantom_model")),
         "phantom_version": _text(record.get("phantom_version")),
@@ -425,7 +440,8 @@ def runs(df: pd.DataFrame) -> pd.DataFrame:
     """One row per run (dataset, perturbation, method, seed, tuning) with its run-level columns."""
     cols = ["dataset", "perturbation", "method", "seed", "run_status", "error", "log_tail", "wall_s", "cpu_s",
             "prepare_s", "peak_rss_mb", "peak_gpu_mb", "method_name", "profile", "profile_reason", "device",
-            "parameters", "qsmbench_version", "git_commit", "data_sha256", "phantom_model", "phantom_version",
+            "parameters", "qsmbench_version", "git_commit", "git_dirty", "packages_sha256",
+            "data_sha256", "phantom_model", "phantom_version",
             "trained_on", "tuned_on", "tuning", "tuned_value"]
     out = df[cols].drop_duplicates(subset=["dataset", "perturbation", "method", "seed", "tuning"])
     return out.sort_values(["dataset", "perturbation", "method", "seed"]).reset_index(drop=True)

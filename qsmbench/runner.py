@@ -37,6 +37,7 @@ from .errors import ConfigError, MethodUnavailableError, QsmbenchError
 from .io import write_json, write_nifti
 from .method import Method
 from .physics import count_ffts, set_fft_workers
+from .provenance import is_dirty, package_versions, packages_digest
 from .registry import get_method_class
 from .volume import Volume
 
@@ -178,6 +179,33 @@ def seed_everything(seed: int) -> None:
         torch.manual_seed(seed)
 
 
+#: cuBLAS's setting for deterministic results (CUDA >= 10.2); read when cuBLAS initialises.
+CUBLAS_WORKSPACE_CONFIG = ":4096:8"
+
+
+def deterministic_torch() -> dict[str, Any]:
+    """Switch on PyTorch's deterministic modes (importing torch); returns what was set, for run.json.
+
+    ``torch.use_deterministic_algorithms(True, warn_only=True)`` (an operation without a
+    deterministic implementation warns instead of failing), ``cudnn.benchmark = False`` (no
+    autotuner choosing kernels by timing), ``cudnn.deterministic = True`` and
+    ``CUBLAS_WORKSPACE_CONFIG`` (effective when set before cuBLAS starts: the isolated child's
+    environment has it from the start, :func:`child_env`).  On the CPU a seeded run is then
+    bitwise repeatable for a fixed thread count; on CUDA see README, "Reproducibility".
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE_CONFIG)
+    try:
+        import torch  # noqa: PLC0415
+    except ImportError:  # the method will report itself unavailable
+        return {}
+
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    return {"torch_deterministic_algorithms": True, "cudnn_benchmark": False, "cudnn_deterministic": True,
+            "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG")}
+
+
 def _base_record(name: str, identity: Mapping[str, Any], params: Mapping[str, Any], profile: str | None,
                  seed: int, device: str, vol: Volume) -> dict[str, Any]:
     """The fields of run.json that exist before the method runs (``status`` still None)."""
@@ -189,7 +217,10 @@ def _base_record(name: str, identity: Mapping[str, Any], params: Mapping[str, An
         "seed": int(seed),
         "device": device,
         "qsmbench_version": __version__,
-        "git_commit": git_commit(),
+        "git_commit": (commit := git_commit()),
+        "git_dirty": is_dirty(commit),
+        "packages": package_versions(),
+        "packages_sha256": packages_digest(package_versions()),
         "python": platform.python_version(),
         "numpy": np.__version__,
         "started_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -255,6 +286,8 @@ def run_method(method: str | Method, vol: Volume, *, params: Mapping[str, Any] |
                           device_description(instance.device), vol)
     record.update(profile_requested=requested_profile, profile_reason=profile_reason, device_requested=device,
                   tuned_on=type(instance).tuned_on)
+    if "torch" in getattr(type(instance), "requirements", ()):
+        record["determinism"] = deterministic_torch()
     seed_everything(int(seed))
     plugins.before_run(instance, identity)
     visible = vol.for_method()
@@ -460,6 +493,7 @@ def child_env(work: Path, threads: int | None) -> dict[str, str]:
         if env.get(key):
             env[key] = str(Path(env[key]).expanduser().resolve())
     env.update(PYTHONUNBUFFERED="1", TMPDIR=str(work), TEMP=str(work), TMP=str(work))
+    env.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE_CONFIG)  # before cuBLAS starts (deterministic_torch)
     if threads is not None:
         env.update(OMP_NUM_THREADS=str(threads), QSMBENCH_THREADS=str(threads))
     return env

@@ -238,10 +238,13 @@ def test_cuda_asked_where_there_is_none_stops_at_start_up(tmp_path):
     assert proc.returncode != 0
     assert "my.yaml): key 'device': 'cuda' asks for a CUDA GPU but this machine has none" in proc.stdout + proc.stderr
     assert "rule reconstruct" not in proc.stdout
-    # device: cpu never asks for a GPU; auto asks for one for the GPU-capable run only
-    for device, gpus in (("cpu", {"tkd": "0", "inr_qsm_fast": "0"}), ("auto", {"tkd": "0", "inr_qsm_fast": "1"})):
+    # device: cpu never asks for a GPU; auto asks for one for the GPU-capable run only (the others
+    # declare no gpu resource at all: "none")
+    for device, gpus in (("cpu", {"tkd": "none", "inr_qsm_fast": "none"}),
+                         ("auto", {"tkd": "none", "inr_qsm_fast": "1"})):
         (work / "my.yaml").write_text(yaml.safe_dump({**cfg, "device": device}))
         proc = run_snakemake(work, "-n", "--cores", "1", "--configfile", str(work / "my.yaml"))
         assert proc.returncode == 0, proc.stderr[-3000:]
-        found = dict(re.findall(r"rule reconstruct:.*?run=(\w+)\n.*?gpu=(\d)", proc.stdout + proc.stderr, re.S))
+        blocks = re.findall(r"rule reconstruct:.*?run=(\w+)\n.*?resources: ([^\n]*)", proc.stdout + proc.stderr, re.S)
+        found = {run: (re.search(r"\bgpu=(\d)", res) or [None, "none"])[1] for run, res in blocks}
         assert found == gpus, device

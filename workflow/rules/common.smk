@@ -267,3 +267,7 @@ def all_tuned_metric_jsons(wildcards=None):
 
 def all_selection_jsons(wildcards=None):
     return sorted({selection_of(d, p, r, m) for d, p, r, m in TUNED_JOBS})
+
+
+# Cluster placement (partition, account, GPU requests): resources.smk
+include: "resources.smk"

@@ -20,6 +20,7 @@ rule simulate_phantom:
         ENV_CORE
     threads: 2
     resources:
+        **CLUSTER_RESOURCES,  # partition/account from the config (resources.smk)
         mem_mb=4000,
         runtime=20,
     script:
@@ -42,6 +43,7 @@ rule prepare_brainweb:
     localrule: True
     threads: 2
     resources:
+        **CLUSTER_RESOURCES,  # partition/account from the config (resources.smk)
         mem_mb=8000,
         runtime=60,
     script:

@@ -21,6 +21,7 @@ rule prepare_dataset:
     localrule: True
     threads: 1
     resources:
+        **CLUSTER_RESOURCES,  # partition/account from the config (resources.smk)
         mem_mb=6000,
         runtime=120,
     script:

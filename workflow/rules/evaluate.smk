@@ -8,7 +8,9 @@ rule evaluate:
         "logs/metrics/{dataset}/{perturbation}/{run}.log",
     conda:
         ENV_CORE
+    threads: 1
     resources:
+        **CLUSTER_RESOURCES,  # partition/account from the config (resources.smk)
         mem_mb=3000,
         runtime=10,
     script:
@@ -22,13 +24,17 @@ rule aggregate:
     output:
         parquet="results/metrics.parquet",
         csv="results/metrics.csv",
+        provenance="results/provenance.json",  # what produced the table: qsmbench provenance results/
     params:
         config_hash=CONFIG_HASH,
+        config=config,
     log:
         "logs/aggregate.log",
     conda:
         ENV_CORE
+    threads: 1
     resources:
+        **CLUSTER_RESOURCES,  # partition/account from the config (resources.smk)
         mem_mb=2000,
         runtime=10,
     script:

@@ -11,6 +11,7 @@ rule perturb:
         ENV_CORE
     threads: 2
     resources:
+        **CLUSTER_RESOURCES,  # partition/account from the config (resources.smk)
         mem_mb=6000,
         runtime=30,
     script:

@@ -26,7 +26,7 @@ rule pretrain:
     threads: pretrain_threads  # half the local cores: the other jobs run beside it
     priority: 10  # first when jobs compete: the trained runs' reconstructions wait for it
     resources:
-        gpu=reconstruct_gpus,
+        **GPU_JOB_RESOURCES,  # gpu=1 for GPU-capable methods, else none (resources.smk)
         mem_mb=16000,  # the paper profile simulates 24 phantoms of up to 176^3 on a 2x finer grid
         runtime=240,
     script:

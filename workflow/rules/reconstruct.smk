@@ -19,7 +19,7 @@ rule reconstruct:
     threads: config.get("threads", 1)
     resources:
         mem_mb=reconstruct_mem_mb,
-        gpu=reconstruct_gpus,  # 1 for GPU-capable methods (SLURM plugin: --gpus=1), else none
+        **GPU_JOB_RESOURCES,  # gpu=1 for GPU-capable methods (SLURM plugin: --gpus=1), else none (resources.smk)
         runtime=reconstruct_runtime,
     script:
         "../scripts/reconstruct.py"

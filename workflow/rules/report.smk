@@ -59,7 +59,9 @@ rule render_report:
         "logs/report.log",
     conda:
         ENV_CORE
+    threads: 1
     resources:
+        **CLUSTER_RESOURCES,  # partition/account from the config (resources.smk)
         mem_mb=4000,
         runtime=20,
     script:
@@ -85,7 +87,9 @@ rule paper_figures:
         "logs/paper_figures.log",
     conda:
         ENV_CORE
+    threads: 1
     resources:
+        **CLUSTER_RESOURCES,  # partition/account from the config (resources.smk)
         mem_mb=4000,
         runtime=20,
     script:

@@ -30,8 +30,8 @@ rule tune_candidate:
     threads: config.get("threads", 1)
     resources:
         mem_mb=reconstruct_mem_mb,
-        gpu=reconstruct_gpus,
         runtime=reconstruct_runtime,
+        **GPU_JOB_RESOURCES,  # gpu=1 for GPU-capable methods, else none (resources.smk)
     script:
         "../scripts/tune_candidate.py"
 
@@ -49,9 +49,11 @@ rule select_tuning:
         "logs/tune/{dataset}/{perturbation}/{run}/{mode}-select.log",
     conda:
         ENV_CORE
+    threads: 1
     resources:
         mem_mb=1000,
         runtime=5,
+        **CLUSTER_RESOURCES,
     script:
         "../scripts/select_tuning.py"
 
@@ -77,8 +79,8 @@ rule reconstruct_tuned:
     threads: config.get("threads", 1)
     resources:
         mem_mb=reconstruct_mem_mb,
-        gpu=reconstruct_gpus,
         runtime=reconstruct_runtime,
+        **GPU_JOB_RESOURCES,  # gpu=1 for GPU-capable methods, else none (resources.smk)
     script:
         "../scripts/reconstruct_tuned.py"
 
@@ -95,8 +97,10 @@ rule evaluate_tuned:
         "logs/tune/{dataset}/{perturbation}/{run}/{mode}-evaluate.log",
     conda:
         ENV_CORE
+    threads: 1
     resources:
         mem_mb=3000,
         runtime=10,
+        **CLUSTER_RESOURCES,
     script:
         "../scripts/evaluate.py"
