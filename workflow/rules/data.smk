@@ -18,7 +18,7 @@ rule simulate_phantom:
         "logs/data/{dataset}.log",
     conda:
         ENV_CORE
-    threads: 2
+    threads: 1  # 2 would block a 2-core run: the pretraining (1 thread) and this could not run side by side
     resources:
         **CLUSTER_RESOURCES,  # partition/account from the config (resources.smk)
         mem_mb=4000,

@@ -9,7 +9,7 @@ rule perturb:
         "logs/perturbed/{dataset}/{perturbation}.log",
     conda:
         ENV_CORE
-    threads: 2
+    threads: 1  # as simulate_phantom: runs beside the pretraining and the reconstructions
     resources:
         **CLUSTER_RESOURCES,  # partition/account from the config (resources.smk)
         mem_mb=6000,
