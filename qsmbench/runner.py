@@ -19,7 +19,6 @@ import logging
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -37,7 +36,7 @@ from .errors import ConfigError, MethodUnavailableError, QsmbenchError
 from .io import write_json, write_nifti
 from .method import Method
 from .physics import count_ffts, set_fft_workers
-from .provenance import is_dirty, package_versions, packages_digest
+from .provenance import git_commit, is_dirty, package_versions, packages_digest
 from .registry import get_method_class
 from .volume import Volume
 
@@ -64,15 +63,6 @@ def derive_seed(*parts: Any) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big") & 0x7FFFFFFF
 
 
-def git_commit(path: str | os.PathLike | None = None) -> str | None:
-    """The commit of the checkout holding qsmbench (with ``-dirty``), or None outside git."""
-    where = Path(path) if path else Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=where,
-                             capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 def resolve_device(requested: str = "auto") -> str:

@@ -76,6 +76,8 @@ def test_method_beats_tkd_and_correlates_with_the_truth(name, phantom, tkd_nrmse
     if not info.available:
         pytest.skip(f"{name} unavailable here: {info.reason}")
     cls = registry.get_method_class(name)
+    if getattr(cls, "imported", False):
+        pytest.skip(f"{name} imports maps a user already has: it reconstructs nothing")
     profile = "quick" if "quick" in cls.profiles else None
     method = cls(profile=profile, seed=0, device="cpu")
     method.prepare([])
