@@ -64,7 +64,7 @@ def test_generic_profile_runs_the_tiny_config_through_a_fake_scheduler(tmp_path)
     assert len(by_rule["reconstruct"]) == 3 and len(by_rule["simulate_phantom"]) == 1
     assert len(by_rule["aggregate"]) == 1
     # the qsub line carries each rule's declared threads, memory and runtime
-    assert {(s["ppn"], s["mem_mb"], s["walltime_min"]) for s in by_rule["simulate_phantom"]} == {(2, 4000, 20)}
+    assert {(s["ppn"], s["mem_mb"], s["walltime_min"]) for s in by_rule["simulate_phantom"]} == {(1, 4000, 20)}
     assert {(s["ppn"], s["mem_mb"]) for s in by_rule["reconstruct"]} == {(1, 6000)}
     assert {(s["ppn"], s["mem_mb"], s["walltime_min"]) for s in by_rule["aggregate"]} == {(1, 2000, 10)}
     # tiny jobs are batched: the 3 evaluate jobs in one submission and the 2 perturb jobs in another.
