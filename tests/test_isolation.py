@@ -132,7 +132,11 @@ class SelfTerm(Method):
 @pytest.fixture(autouse=True, params=["fork", "spawn"])
 def start(request, monkeypatch):
     """Every test with both ways of starting the child (qsmbench.isolate: a fork of this process
-    where that is safe, else a new interpreter; QSMBENCH_ISOLATE_START=spawn forces the latter)."""
+    where that is safe, else a new interpreter; QSMBENCH_ISOLATE_START=spawn forces the latter).
+    The whole-workflow tests (marked slow) run once, with the default start: the two starts share
+    everything above the child, which the unit-level tests here check with both."""
+    if request.param == "spawn" and request.node.get_closest_marker("slow"):
+        pytest.skip("workflow-level: once, with the default start (both starts are tested at the unit level)")
     monkeypatch.setenv("QSMBENCH_ISOLATE_START", request.param)
     return request.param
 
