@@ -38,7 +38,8 @@ MIN_CORRELATION = 0.8
 METHODS = sorted(registry.list_methods(include_unavailable=True))
 #: Closed-form baselines held to their claim (noise robustness) at this peak SNR, see above.
 NOISY_BASELINES = {"cfl2": (20, 0.75)}
-#: Known defects, open in issue 12: strict, so the test turns red when one is fixed.
+#: Known defects, open in issue 12.  Not run (training uQSM's quick profile costs ~2 min of the
+#: suite only to confirm a documented failure): run them with  pytest --runxfail  when fixing one.
 KNOWN_DEFECTS = {
     "uqsm": "uQSM's quick profile is behind TKD on the MNI phantom (default run, seed 0: NRMSE 60.2 % vs "
             "55.7 %); its quick training was sized on the analytic phantom (issue 12)",
@@ -69,7 +70,7 @@ def _seeds_used(record) -> list[int]:
     return [int(s) for s in found] if isinstance(found, (list, tuple)) else [int(found)]
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(reason=KNOWN_DEFECTS[n], strict=True))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(reason=KNOWN_DEFECTS[n], run=False))
                                   if n in KNOWN_DEFECTS else n for n in METHODS])
 def test_method_beats_tkd_and_correlates_with_the_truth(name, phantom, tkd_nrmse):
     info = {i.name: i for i in registry.method_infos()}[name]
