@@ -74,13 +74,8 @@ MODE_LABELS = {
 
 # --------------------------------------------------------------------------- search ranges
 @dataclasses.dataclass(frozen=True)
-class LogRange:
-    """``n`` candidates log-spaced from ``lo`` to ``hi`` (both included, ``0 < lo < hi``).
-
-    ``regularises``: ``"up"`` when a larger value regularises more (TKD's threshold, CFL2's
-    lambda), ``"down"`` when a larger value regularises less (MEDI's data weight lambda); it
-    orders the L-curve from the least to the most regularised candidate.
-    """
+class _Range:
+    """``n`` candidates from ``lo`` to ``hi`` (both included); see :class:`LogRange`."""
 
     lo: float
     hi: float
@@ -91,38 +86,39 @@ class LogRange:
     fixed: tuple = ()
 
     def __post_init__(self):
-        if not (0 < self.lo < self.hi) or not math.isfinite(self.hi):
+        name = type(self).__name__
+        if not (self.lo < self.hi) or not (math.isfinite(self.lo) and math.isfinite(self.hi)):
+            raise ValueError(f"{name} needs lo < hi, got lo={self.lo!r}, hi={self.hi!r}")
+        if not (isinstance(self.n, int) and self.n >= 3):
+            raise ValueError(f"{name} needs n >= 3 candidates, got {self.n!r}")
+        if self.regularises not in ("up", "down"):
+            raise ValueError(f"{name}.regularises must be 'up' or 'down', got {self.regularises!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class LogRange(_Range):
+    """``n`` candidates log-spaced from ``lo`` to ``hi`` (both included, ``0 < lo < hi``).
+
+    ``regularises``: ``"up"`` when a larger value regularises more (TKD's threshold, CFL2's
+    lambda), ``"down"`` when a larger value regularises less (MEDI's data weight lambda); it
+    orders the L-curve from the least to the most regularised candidate.
+    """
+
+    def __post_init__(self):
+        if not self.lo > 0:
             raise ValueError(f"LogRange needs 0 < lo < hi, got lo={self.lo!r}, hi={self.hi!r}")
-        _check_common(self)
+        super().__post_init__()
 
     def values(self, n: int | None = None) -> list[float]:
         return [float(v) for v in np.geomspace(self.lo, self.hi, int(n or self.n))]
 
 
 @dataclasses.dataclass(frozen=True)
-class LinRange:
+class LinRange(_Range):
     """``n`` candidates evenly spaced from ``lo`` to ``hi`` (see :class:`LogRange`)."""
-
-    lo: float
-    hi: float
-    n: int = DEFAULT_CANDIDATES
-    regularises: str = "up"
-    fixed: tuple = ()
-
-    def __post_init__(self):
-        if not (self.lo < self.hi) or not (math.isfinite(self.lo) and math.isfinite(self.hi)):
-            raise ValueError(f"LinRange needs lo < hi, got lo={self.lo!r}, hi={self.hi!r}")
-        _check_common(self)
 
     def values(self, n: int | None = None) -> list[float]:
         return [float(v) for v in np.linspace(self.lo, self.hi, int(n or self.n))]
-
-
-def _check_common(r) -> None:
-    if not (isinstance(r.n, int) and r.n >= 3):
-        raise ValueError(f"{type(r).__name__} needs n >= 3 candidates, got {r.n!r}")
-    if r.regularises not in ("up", "down"):
-        raise ValueError(f"{type(r).__name__}.regularises must be 'up' or 'down', got {r.regularises!r}")
 
 
 RANGES = (LogRange, LinRange)

@@ -34,3 +34,29 @@ def _fresh_registry(monkeypatch):
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+#: A stand-in for a deep-learning method (no torch): can use a GPU, quick and paper profiles.
+GPU_CAPABLE_PLUGIN = '''
+from qsmbench.method import Method
+
+class GpuCapable(Method):
+    """Stands for a deep-learning method: can use a GPU, quick and paper profiles (no torch)."""
+    name = "gpu_capable"
+    parameters = {"steps": 0}
+    profiles = {"quick": {"steps": 3}, "paper": {"steps": 300}}
+    uses = {"gpu"}
+    references = ["none"]
+
+    def reconstruct(self, vol):
+        return vol.field_ppm * self.params["steps"] * vol.mask
+'''
+
+
+@pytest.fixture
+def gpu_plugin_dir(tmp_path):
+    """A folder holding the ``gpu_capable`` plugin (pass it as a methods dir)."""
+    plugins = tmp_path / "gpu_plugins"
+    plugins.mkdir()
+    (plugins / "gpu_capable.py").write_text(GPU_CAPABLE_PLUGIN)
+    return plugins

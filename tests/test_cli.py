@@ -146,30 +146,13 @@ def test_console_script_reports_errors_on_stderr(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-GPU_PLUGIN = '''
-from qsmbench.method import Method
 
-class GpuCapable(Method):
-    """Stands for a deep-learning method: can use a GPU, quick and paper profiles (no torch)."""
-    name = "gpu_capable"
-    parameters = {"steps": 0}
-    profiles = {"quick": {"steps": 3}, "paper": {"steps": 300}}
-    uses = {"gpu"}
-    references = ["none"]
-
-    def reconstruct(self, vol):
-        return vol.field_ppm * self.params["steps"] * vol.mask
-'''
-
-
-def test_reconstruct_without_profile_uses_auto_and_says_which(tmp_path, capsys):
+def test_reconstruct_without_profile_uses_auto_and_says_which(tmp_path, capsys, gpu_plugin_dir):
     """As in the workflow: no --profile is auto, i.e. quick on a CPU (paper only on a CUDA GPU)."""
     from qsmbench.cli import main
     from qsmbench.devices import cuda_devices
 
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    (plugins / "gpu_capable.py").write_text(GPU_PLUGIN)
+    plugins = gpu_plugin_dir
     main(["phantom", str(tmp_path / "ph"), "--model", "analytic", "--shape", "16", "16", "16"])
     args = ["reconstruct", "gpu_capable", "--field", str(tmp_path / "ph" / "field_ppm.nii.gz"),
             "--mask", str(tmp_path / "ph" / "mask.nii.gz"), "--methods-dir", str(plugins),

@@ -13,21 +13,6 @@ from qsmbench.errors import ConfigError
 from qsmbench.method import Method
 from qsmbench.volume import Volume
 
-GPU_PLUGIN = '''
-from qsmbench.method import Method
-
-class GpuCapable(Method):
-    """Stands for a deep-learning method: can use a GPU, quick and paper profiles (no torch)."""
-    name = "gpu_capable"
-    parameters = {"steps": 0}
-    profiles = {"quick": {"steps": 3}, "paper": {"steps": 300}}
-    uses = {"gpu"}
-    references = ["none"]
-
-    def reconstruct(self, vol):
-        return vol.field_ppm * self.params["steps"] * vol.mask
-'''
-
 
 class CpuOnly(Method):
     name = "cpu_only"
@@ -114,10 +99,9 @@ def _volume(shape=(12, 12, 10)):
 
 
 @pytest.mark.skipif("torch" in sys.modules and sys.modules["torch"].cuda.is_available(), reason="has a CUDA device")
-def test_run_records_the_profile_that_ran_and_why(tmp_path):
-    (tmp_path / "gpu_capable.py").write_text(GPU_PLUGIN)
+def test_run_records_the_profile_that_ran_and_why(gpu_plugin_dir):
     vol = _volume()
-    res = runner.run_method("gpu_capable", vol, profile="auto", extra_dirs=[tmp_path])
+    res = runner.run_method("gpu_capable", vol, profile="auto", extra_dirs=[gpu_plugin_dir])
     rec = res.record
     assert res.status == "ok"
     assert (rec["profile"], rec["profile_requested"], rec["profile_reason"]) == \
@@ -125,9 +109,9 @@ def test_run_records_the_profile_that_ran_and_why(tmp_path):
     assert rec["parameters"] == {"steps": 3} and rec["device"].startswith("cpu (")
     assert rec["device_requested"] == "auto"
     np.testing.assert_allclose(res.chi_ppm, 3 * vol.field_ppm * vol.mask, rtol=1e-6)
-    rec = runner.run_method("gpu_capable", vol, profile="auto", device="cpu", extra_dirs=[tmp_path]).record
+    rec = runner.run_method("gpu_capable", vol, profile="auto", device="cpu", extra_dirs=[gpu_plugin_dir]).record
     assert rec["profile_reason"] == "auto → quick: device cpu requested"
-    rec = runner.run_method("gpu_capable", vol, profile="paper", extra_dirs=[tmp_path]).record
+    rec = runner.run_method("gpu_capable", vol, profile="paper", extra_dirs=[gpu_plugin_dir]).record
     assert (rec["profile"], rec["profile_reason"], rec["parameters"]) == ("paper", "requested", {"steps": 300})
     json.dumps(rec)  # serialisable as run.json
 
