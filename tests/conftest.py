@@ -60,3 +60,15 @@ def gpu_plugin_dir(tmp_path):
     plugins.mkdir()
     (plugins / "gpu_capable.py").write_text(GPU_CAPABLE_PLUGIN)
     return plugins
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny volumes gain nothing from threads, and on a shared, busy machine torch's spinning
+    worker threads make the deep-learning tests several times slower (use with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``)."""
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -19,14 +19,7 @@ TINY = {"hidden_features": 32, "sine_layers": 2, "w0_first": 20.0, "w0_hidden": 
 TINY_FAST = {"levels": 3, "grid_max_scale": 0.5, "max_steps": 20, "min_steps": 20, "plateau_window": 3}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny volumes gain nothing from threads, and on a shared, busy machine torch's spinning
-    worker threads make these tests several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _pkg(name="inr_qsm"):

@@ -31,14 +31,7 @@ def uqsm(tmp_path, monkeypatch):
     pkg._MEMORY.clear()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny volumes gain nothing from threads, and on a shared, busy machine torch's spinning
-    worker threads make these tests several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(cls, seed=0, **kw):
