@@ -24,6 +24,7 @@ def pyproject_pins(*extras: str) -> dict[str, str]:
     """{conda name: version} of pyproject.toml's runtime dependencies (and the given extras)."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     deps = list(project["dependencies"]) + [d for e in extras for d in project["optional-dependencies"][e]]
+    deps = [d for d in deps if not d.startswith("qsmbench[")]  # an extra that pulls in another extra
     return {CONDA_NAME.get(name, name): version for name, version in (d.split("==") for d in deps)}
 
 
@@ -167,6 +168,17 @@ def test_readme_install_and_test_commands_exist():
     assert "snakemake -n --use-conda" in readme and "workflow/envs/dl.yaml" in readme
     ci = (ROOT / ".ci" / "run").read_text()
     assert "torch==2.13.0" in ci and "pytest" in ci and "--lint" in ci
+
+
+def test_the_test_extra_installs_the_cluster_plugins():
+    """tests/test_cluster.py runs the profiles through their executor plugins; the README's test
+    install must bring them, or those tests would only ever be skipped."""
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert "qsmbench[cluster]" in extras["test"]
+    assert {d.split("==")[0] for d in extras["cluster"]} >= {
+        "snakemake-executor-plugin-slurm", "snakemake-executor-plugin-cluster-generic"}
+    assert 'pip install -e ".[dl,test]"' in (ROOT / "README.md").read_text()
+    assert 'pip install -q -e ".[dl,test]"' in (ROOT / ".ci" / "run").read_text()
 
 
 def test_readme_plugin_example_passes_the_contract(tmp_path):
