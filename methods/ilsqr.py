@@ -193,7 +193,7 @@ def sphere_mean_spectrum(shape, voxel_size_mm, radius_mm: float) -> np.ndarray:
 # --------------------------------------------------------------------------- Krylov solvers
 def lsqr(apply_a: Callable, apply_at: Callable, b, norm: Callable | None = None, *,
          tol: float = 0.01, maxit: int = 50, backend: Backend | None = None,
-         half_spectrum_nz: int | None = None) -> tuple[Any, dict]:
+         half_spectrum_nz: int | None = None, callback: Callable | None = None) -> tuple[Any, dict]:
     """LSQR (Paige & Saunders 1982) from x = 0, vectors updated in place.
 
     Stops when ``||r|| <= tol ||b||`` or ``||A^T r|| <= tol ||A|| ||r||`` (MATLAB ``lsqr``'s two
@@ -201,7 +201,9 @@ def lsqr(apply_a: Callable, apply_at: Callable, b, norm: Callable | None = None,
     ``norm`` defines the inner product when given (any callable, unfused updates); otherwise the
     updates are fused with their norms on ``backend`` (default numpy), Euclidean -- or, with
     ``half_spectrum_nz``, the norm of real signals held as half spectra of that last-axis length
-    (the k-space vectors of step 1).
+    (the k-space vectors of step 1).  ``callback(it, x)``, when given, is called after each
+    iteration with the current iterate (not to be modified); a non-empty string returned stops the
+    solver with that string as ``info["stop"]`` (step 1's discrepancy rule).
     """
     be = backend if backend is not None else operators.get_backend("cpu")
     if backend is None:
@@ -256,6 +258,11 @@ def lsqr(apply_a: Callable, apply_at: Callable, b, norm: Callable | None = None,
         be.axpy_xpby(phi / rho, w, x, v, -theta / rho)   # x += (phi/rho) w; w = v - (theta/rho) w
         normr, normar = phibar, phibar * alpha * abs(c)
         info.update(iterations=it, relres=normr / bnorm)
+        if callback is not None:
+            why = callback(it, x)
+            if why:
+                info["stop"] = why
+                break
         if normr <= tol * bnorm:
             info["stop"] = "relative residual"
             break
@@ -371,7 +378,7 @@ def lsmr(apply_a: Callable, apply_at: Callable, b, *, atol: float = 0.01,
 # --------------------------------------------------------------------------- the steps
 def weighted_lsqr(field: np.ndarray, mask: np.ndarray, weights: np.ndarray, kernel: np.ndarray, *,
                   tol: float = 0.01, maxit: int = 200, dtype=np.float64, fft_dtype=None,
-                  backend: Backend | None = None) -> tuple[np.ndarray, dict]:
+                  backend: Backend | None = None, target: float | None = None) -> tuple[np.ndarray, dict]:
     """Step 1: LSQR on the normal equations ``D W D chi = D W f`` from 0, early stopped.
 
     ``kernel`` is D on the half spectrum of ``field.shape`` (Hermitian-consistent, see
@@ -385,6 +392,10 @@ def weighted_lsqr(field: np.ndarray, mask: np.ndarray, weights: np.ndarray, kern
     FFTs keep the Krylov recurrences in double precision at single-precision FFT cost (the
     conversions happen inside the kernel products, no extra pass); see :class:`ILSQR`'s
     ``lsqr_precision``.
+
+    ``target``, when given, adds a stopping rule: stop at the first iteration whose data residual
+    ``sum W (D chi - f)^2`` (field units squared) is at most ``target`` (see :func:`discrepancy_target`;
+    one extra inverse FFT per iteration).  The relative-residual and ``maxit`` rules still apply.
     """
     be = backend if backend is not None else operators.get_backend("cpu")
     shape = field.shape
@@ -410,10 +421,48 @@ def weighted_lsqr(field: np.ndarray, mask: np.ndarray, weights: np.ndarray, kern
 
     b = be.kmul_into(be.rfftn(be.asarray((weights * field).astype(fft_dtype))), kp,
                      be.empty(kernel.shape, spec_dtype))
-    xk, info = lsqr(apply_a, apply_a, b, tol=tol, maxit=maxit, backend=be, half_spectrum_nz=shape[2])
+    callback, trace = None, []
+    if target is not None:
+        f_dev = be.asarray(field.astype(fft_dtype))
+        sqrt_w = be.asarray(np.sqrt(weights).astype(fft_dtype))
+        rbuf = be.empty(kernel.shape, fft_spec_dtype)
+
+        def callback(it, xk):   # the data residual of the current iterate
+            r = be.irfftn(be.kmul_into(xk, kp, rbuf), shape)
+            be.axpy(-1.0, f_dev, r)
+            be.multiply_inplace(r, sqrt_w)
+            res = be.dot(r, r)
+            trace.append(res)
+            return "discrepancy" if res <= target else None
+
+    xk, info = lsqr(apply_a, apply_a, b, tol=tol, maxit=maxit, backend=be, half_spectrum_nz=shape[2],
+                    callback=callback)
+    if target is not None:
+        info.update(target=float(target), residual=trace[-1] if trace else float("nan"))
     chi = be.to_numpy(be.irfftn(xk, shape))
     chi = np.where(mask, chi, 0)
     return chi.astype(np.float32, copy=False), info
+
+
+def discrepancy_target(field: np.ndarray, mask: np.ndarray, weights: np.ndarray, tau: float) -> tuple[float, dict]:
+    """Step 1's noise-scaled discrepancy target (our addition, see :class:`ILSQR`'s ``lsqr_stop``).
+
+    ``sigma`` is the field's noise std estimated from the data alone
+    (:func:`qsmbench.operators.robust_noise_sd`, field units), ``E = sigma^2 sum_mask W`` the
+    expected weighted residual at the true susceptibility, ``s = rms_mask(f)`` the field's own size.
+    The target is ``tau (sigma / s) E``: the residual allowed shrinks as the noise-to-field ratio
+    falls, so that a low-noise field is fitted as the author's tolerance rule fits it and a noisy
+    field stops before LSQR fits its noise into the ill-conditioned cone.  ``(f -> a f)`` scales
+    sigma and s by ``|a|`` and the target by ``a^2``: the rule keeps the method odd and homogeneous.
+    Returns ``(target, {sigma, field_rms, expected})``.
+    """
+    m = np.asarray(mask, bool)
+    sigma, _ = operators.robust_noise_sd(field, m)
+    s = float(np.sqrt(np.mean(np.square(field[m], dtype=np.float64)))) if m.any() else 0.0
+    if not (np.isfinite(sigma) and s > 0):   # too small a mask, or a zero field: the tolerance rule only
+        return -1.0, {"sigma": sigma, "field_rms": s, "expected": float("nan")}
+    expected = sigma * sigma * float(np.sum(weights[m], dtype=np.float64))
+    return tau * (sigma / s) * expected, {"sigma": sigma, "field_rms": s, "expected": expected}
 
 
 def fastqsm(field_k: np.ndarray, mask: np.ndarray, kernel: np.ndarray, kspace_weight: np.ndarray,
@@ -570,8 +619,12 @@ def ilsqr(field_ppm: np.ndarray, mask: np.ndarray, voxel_size_mm: Sequence[float
                               high_pct=p["laplacian_high_pct"], absolute=absolute,
                               adaptive=adaptive, method=method, masked=p["laplacian_weights_masked"])
     vec_dtype, fft_dtype = LSQR_PRECISIONS[p["lsqr_precision"]]
+    target, noise = None, {}
+    if p["lsqr_stop"] == "discrepancy":
+        target, noise = discrepancy_target(fpad, mpad, w_lap, p["discrepancy_tau"])
     chi_lsqr, info_lsqr = weighted_lsqr(fpad, mpad, w_lap, kernel, tol=p["lsqr_tol"], maxit=p["lsqr_maxit"],
-                                        dtype=vec_dtype, fft_dtype=fft_dtype, backend=backend)
+                                        dtype=vec_dtype, fft_dtype=fft_dtype, backend=backend, target=target)
+    info_lsqr.update(noise)
 
     # 2. FastQSM, calibrated to TKD
     field_k = physics.rfftn(fpad)
@@ -633,6 +686,10 @@ def _check(p: dict) -> None:
             bad(f"need 0 <= {lo} < {hi} <= 100, got {p[lo]} and {p[hi]}")
     if p["lsqr_precision"] not in LSQR_PRECISIONS:
         bad(f"lsqr_precision must be one of {', '.join(LSQR_PRECISIONS)}, got {p['lsqr_precision']!r}")
+    if p["lsqr_stop"] not in ("discrepancy", "tolerance"):
+        bad(f"lsqr_stop must be 'discrepancy' or 'tolerance', got {p['lsqr_stop']!r}")
+    if not p["discrepancy_tau"] >= 0:
+        bad(f"discrepancy_tau must be >= 0, got {p['discrepancy_tau']}")
     if p["streak_solver"] not in ("lsqr", "lsmr"):
         bad(f"streak_solver must be 'lsqr' or 'lsmr', got {p['streak_solver']!r}")
     if not 0 <= p["structural_laplacian_low_pct"] < p["structural_laplacian_high_pct"] <= 100:
@@ -659,7 +716,9 @@ class ILSQR(Method):
     1. Weights ``w`` from the voxel-size-scaled Laplacian L of the field: 1 where ``|L|`` is below
        its p60 in the mask, linear to 0 at p99.9, 0 above and outside the mask.  LSQR on the
        normal equations ``D W D chi = D W f`` from 0; stop at relative residual ``lsqr_tol``
-       (0.01) or ``lsqr_maxit`` (200) iterations.  ``chi_LSQR = m chi``.
+       (0.01) or ``lsqr_maxit`` (200) iterations -- or, by default, as soon as the data misfit
+       ``sum W (D chi - f)^2`` falls to the noise-scaled discrepancy target (``lsqr_stop``, below).
+       ``chi_LSQR = m chi``.
     2. FastQSM: ``X = sign(D) F(f)``, k-space weight ``|D|^0.001`` ramped between its p1 and p30
        (full spectrum), blend X with its spherical-mean (radius 3 mm) filtered version, twice,
        masking in image space between passes.  Calibrated by the least-squares fit
@@ -696,6 +755,21 @@ class ILSQR(Method):
         for zero field outside the mask.
     lsqr_tol, lsqr_maxit : step 1 stopping (relative residual 0.01 as the author's caller; at
         most 200 iterations as the author's routine -- the open reading stops at 50).
+    lsqr_stop : "discrepancy" (default, **our addition**) or "tolerance" (the author's: the
+        relative-residual rule alone).  Early stopping is step 1's only regularisation, and the
+        tolerance rule does not see the noise: at peak SNR 10 it runs ~85 iterations into the
+        noise (NRMSE 204 % vs TKD's 125 % on a tuning-seed phantom).  "discrepancy" also stops at
+        the first iterate whose data misfit ``sum W (D chi - f)^2`` is at most
+        ``discrepancy_tau * (sigma / s) * sigma^2 * sum_mask W`` (:func:`discrepancy_target`):
+        ``sigma`` the field's noise std estimated from the data alone (robust Laplacian residual),
+        ``s`` the field's rms in the mask.  At ``tau = 1`` and ``sigma = s`` this is Morozov's
+        discrepancy principle; the factor ``sigma / s`` asks for a closer fit the cleaner the
+        field, so that a noise-free field reaches the tolerance rule first (the author's result,
+        exactly) -- on the phantoms the best early-stopping point falls from the noise level at
+        SNR 10 to about a third of it at SNR 40.  Scale- and sign-invariant (odd, homogeneous).
+    discrepancy_tau : the factor tau (1.0), chosen on reserved tuning seeds
+        (``tests/benchmarks/bench_ilsqr_stop.py``: best worst-case NRMSE ratio to TKD over peak
+        SNR inf/40/20/10 among 0.5, 1, 2, 4); larger stops sooner (regularises more).
     lsqr_precision : "double" (default, as the author's MATLAB), "mixed" or "single": precision of
         step 1.  "mixed": float64 LSQR vectors and recurrences, float32 FFTs and products by W
         (single-precision FFT cost).  "single": float32 throughout.  In single precision the
@@ -749,6 +823,8 @@ class ILSQR(Method):
         "lsqr_tol": 0.01,
         "lsqr_maxit": 200,
         "lsqr_precision": "double",
+        "lsqr_stop": "discrepancy",
+        "discrepancy_tau": 1.0,
         "fastqsm_exponent": 0.001,
         "fastqsm_low_pct": 1.0,
         "fastqsm_high_pct": 30.0,
@@ -795,8 +871,10 @@ class ILSQR(Method):
                              **self.params)
         lsqr_info, sa_info = details["lsqr"], details["streak"]
         alpha, beta = details["calibration"]
+        noise = (f", estimated field noise sd {lsqr_info['sigma']:.3g} ppm, misfit {lsqr_info['residual']:.3g} "
+                 f"vs discrepancy target {lsqr_info['target']:.3g}") if lsqr_info.get("target", -1) >= 0 else ""
         self.notes.append(f"ilsqr: step 1 LSQR {lsqr_info['iterations']} iterations ({lsqr_info['stop']}, "
-                          f"relres {lsqr_info['relres']:.3g}); step 3 {sa_info['solver'].upper()} "
+                          f"relres {lsqr_info['relres']:.3g}{noise}); step 3 {sa_info['solver'].upper()} "
                           f"{sa_info['iterations']} iterations ({sa_info['stop']}); FastQSM calibration "
                           f"alpha={alpha:.4g}, beta={beta:.3g} ppm")
         return chi * vol.mask

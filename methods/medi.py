@@ -571,10 +571,6 @@ def medi_cost(x_rad: np.ndarray, rdf_rad: np.ndarray, mask: np.ndarray, voxel_si
 # --------------------------------------------------------------------------- lambda by the discrepancy principle
 #: How MEDI's ``lam`` is set: the toolbox's fixed value, or Morozov's discrepancy principle.
 LAMBDA_RULES = ("fixed", "discrepancy")
-#: 1.4826 * MAD is the standard deviation of a Gaussian.
-_MAD_TO_STD = 1.482602218505602
-#: Noise gain of the 7-point Laplacian stencil (centre -6, six neighbours 1): sqrt(36 + 6).
-_LAPLACIAN_GAIN = math.sqrt(42.0)
 
 
 @dataclasses.dataclass
@@ -598,15 +594,6 @@ class PhaseNoise:
     expected_residual: float
 
 
-def laplacian7(a: np.ndarray) -> np.ndarray:
-    """The unscaled 7-point Laplacian ``sum of the 6 neighbours - 6 a`` (wrapping at the border:
-    only interior voxels are used)."""
-    a = np.asarray(a, dtype=np.float64)
-    out = -6.0 * a
-    for axis in range(3):
-        out += np.roll(a, 1, axis)
-        out += np.roll(a, -1, axis)
-    return out
 
 
 def estimate_phase_noise(rdf: np.ndarray, mask: np.ndarray, weight: np.ndarray) -> PhaseNoise:
@@ -623,20 +610,14 @@ def estimate_phase_noise(rdf: np.ndarray, mask: np.ndarray, weight: np.ndarray) 
     ``discrepancy_tau`` is chosen with this estimator).  ``weight`` is the data weight ``W``
     (:func:`data_weight`; the mask for the uniform weighting).
     """
-    from scipy import ndimage
-
     m = np.asarray(mask, dtype=bool)
     w = np.asarray(weight, dtype=np.float64)
-    inner = ndimage.binary_erosion(m, structure=ndimage.generate_binary_structure(3, 1), border_value=0)
-    inner &= w > 0
     data = m & (w > 0)
-    if np.count_nonzero(inner) < 50:
-        raise InputError(f"medi: the mask eroded by one voxel keeps {np.count_nonzero(inner)} voxels; "
+    sigma_w, n_used = operators.robust_noise_sd(rdf, m, w)
+    if n_used < 50:
+        raise InputError(f"medi: the mask eroded by one voxel keeps {n_used} voxels; "
                          "at least 50 are needed to estimate the noise for lambda_rule 'discrepancy'")
-    r = (w * laplacian7(rdf))[inner]
-    mad = float(np.median(np.abs(r - np.median(r))))
-    sigma_w = _MAD_TO_STD * mad / _LAPLACIAN_GAIN
-    return PhaseNoise(sigma_w=sigma_w, n_used=int(r.size), n_data=int(np.count_nonzero(data)),
+    return PhaseNoise(sigma_w=sigma_w, n_used=n_used, n_data=int(np.count_nonzero(data)),
                       expected_residual=expected_residual(sigma_w, w, data))
 
 
