@@ -6,12 +6,7 @@ from qsmbench import contract, registry
 
 # imported maps (type precomputed) have no reconstruction to test; tests/test_plugins.py covers them
 #: Known defects, open in issue 12.
-KNOWN_DEFECTS = {
-    ("inr_qsm", "check_recovers_spheres"):
-        "INR-QSM's quick profile counts epochs over its 48^3 patches: a volume smaller than one patch gets "
-        "20 optimiser steps from the zero-initialised output and is under-fitted (scale 0.15 on the "
-        "24x24x20 contract volume); it needs a minimum number of steps (issue 12)",
-}
+KNOWN_DEFECTS: dict[tuple[str, str], str] = {}   # (method, check) -> why it fails today (strict xfail)
 
 
 @pytest.mark.parametrize("name", [n for n in registry.list_methods()

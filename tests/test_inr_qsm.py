@@ -185,6 +185,28 @@ def test_fit_uses_compensated_targets_only_when_switched_on(small_volume):
 
 
 # --------------------------------------------------------------------------- fitting
+@pytest.mark.parametrize("min_steps", [0, 3, 4, 12])
+def test_min_steps_adds_epochs_when_there_are_few_patches(small_volume, min_steps):
+    """epochs x patches per epoch below min_steps: the epoch count rises to reach it (never falls);
+    the learning rate still decays from lr_start to lr_end over the epochs."""
+    vol = small_volume.for_method()
+    m = registry.get_method("inr_qsm", seed=0, **{**TINY, "epochs": 3, "min_steps": min_steps,
+                                                  "patch_size": [24, 24, 20], "hidden_features": 8,
+                                                  "phase_compensation": False})
+    m.reconstruct(vol)
+    assert m.n_patches == 1   # one patch: one optimiser step per epoch
+    assert len(m.history) == max(3, min_steps)
+    lrs = [r["lr"] for r in m.history]
+    assert lrs[0] == pytest.approx(TINY["lr_start"]) and lrs[-1] == pytest.approx(TINY["lr_end"])
+
+
+def test_quick_profile_asks_for_the_steps_it_was_tuned_with():
+    """27 patches x 20 epochs on the 80 x 96 x 80 tuning phantoms (see INRQSM.tuned_on)."""
+    p = registry.get_method_class("inr_qsm").resolve_parameters(profile="quick")
+    assert p["min_steps"] == 27 * p["epochs"] == 540
+    assert registry.get_method_class("inr_qsm").resolve_parameters()["min_steps"] == 0   # paper: off
+
+
 def test_inr_qsm_loss_decreases_and_output_is_chi_in_ppm(small_volume):
     vol = small_volume.for_method()
     m = registry.get_method("inr_qsm", seed=0, **{**TINY, "epochs": 8, "phase_compensation": False})

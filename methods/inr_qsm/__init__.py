@@ -63,7 +63,7 @@ def _problem(method: Method, vol):
 #: INR-QSM's quick profile (CI and the default run); see INRQSM.tuned_on for how it was chosen.
 QUICK_PROFILE = {"hidden_features": 64, "sine_layers": 3, "w0_first": 60.0, "w0_hidden": 60.0, "w0_last": 60.0,
                  "chi0_method": "tkd", "patch_size": [48, 48, 48], "patch_stride_fraction": 0.5, "epochs": 20,
-                 "compensate_every": 4, "lr_start": 1e-3, "lr_end": 1e-4, "warm_start": "none"}
+                 "compensate_every": 4, "lr_start": 1e-3, "lr_end": 1e-4, "warm_start": "none", "min_steps": 540}
 QUICK_TUNED_ON = {
     "what": "quick profile (SIREN width, w0, learning rate, epochs, patch stride, compensation period): per-epoch "
             "NRMSE traces of candidates fitted to tuning-range phantoms (tests/benchmarks/tune_inr_quick.py); "
@@ -141,6 +141,12 @@ class INRQSM(Method):
         to 2e-7 over 50 epochs.  *Unknown*: per-epoch vs per-step decay (we decay per epoch and
         reach lr_end at the last epoch).
     patches_per_step : patches per Adam step.  *Unknown in the paper*: 1.
+    min_steps : at least this many optimiser steps (our addition; 0 = off, the paper): when
+        ``epochs`` x steps per epoch is fewer -- a volume of few patches -- the epoch count rises
+        to reach it, the learning-rate decay and the compensation period stay per epoch.  The
+        quick profile sets 540, the steps it was tuned with (27 patches x 20 epochs on the
+        80 x 96 x 80 tuning phantoms): without it a volume smaller than one patch got 20 steps
+        from the zero-initialised output and came out at about 0.15 of the true scale.
     mask_chi : chi is multiplied by the mask inside the forward model (the output is masked, so
         the model fits the same object it returns).  *Unknown*: on.
     mixed_precision, amp_dtype : autocast on CUDA (float16 with loss scaling); sine arguments and
@@ -175,7 +181,7 @@ class INRQSM(Method):
         "patch_pad_factor": 2.0, "volume_pad_factor": 2.0, "d0": 0.0,
         "lambda_smooth": 0.15, "lambda_grad": 1.0, "normalise_loss": True,
         "phase_compensation": True, "compensate_every": 5,
-        "epochs": 50, "lr_start": 1e-5, "lr_end": 2e-7, "patches_per_step": 1,
+        "epochs": 50, "lr_start": 1e-5, "lr_end": 2e-7, "patches_per_step": 1, "min_steps": 0,
         "mask_chi": True,
         "mixed_precision": True, "amp_dtype": "float16",
         "chunk_points": 262144,

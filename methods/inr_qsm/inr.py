@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -180,6 +181,13 @@ def fit(prob: Problem, p: Mapping[str, Any], *, device: torch.device | str, seed
                            min_brain_fraction=float(p["min_brain_fraction"]))
     if not patches:
         raise ConfigError("inr_qsm: no patch contains brain voxels")
+    batch = max(1, int(p["patches_per_step"]))
+    steps_per_epoch = math.ceil(len(patches) / batch)
+    min_steps = int(p.get("min_steps", 0))
+    if epochs * steps_per_epoch < min_steps:   # a volume of few patches: more epochs, same schedule shape
+        log.info("inr_qsm: %d patch(es) -> %d epochs instead of %d, for at least %d optimiser steps",
+                 len(patches), math.ceil(min_steps / steps_per_epoch), epochs, min_steps)
+        epochs = math.ceil(min_steps / steps_per_epoch)
     op_patch = DipoleOperator(patches[0].size, prob.voxel_size_mm, prob.b0_dir, d0=p["d0"],
                               pad_factor=p["patch_pad_factor"], device=device)
     op_full = DipoleOperator(prob.shape, prob.voxel_size_mm, prob.b0_dir, d0=p["d0"],
@@ -194,7 +202,6 @@ def fit(prob: Problem, p: Mapping[str, Any], *, device: torch.device | str, seed
     gamma = (p["lr_end"] / p["lr_start"]) ** (1.0 / max(epochs - 1, 1))
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=gamma)
     gen = torch.Generator().manual_seed(int(seed))
-    batch = max(1, int(p["patches_per_step"]))
     lam_s, lam_g = float(p["lambda_smooth"]), float(p["lambda_grad"])
     outside: list[torch.Tensor | None] = [None] * len(patches)
     history: list[dict[str, Any]] = []
