@@ -848,6 +848,16 @@ class ILSQR(Method):
         "mask_field": True,
         "pad_factor": 1.0,
     }
+    #: How ``discrepancy_tau`` was chosen (tests/benchmarks/bench_ilsqr_stop.py): ratio of iLSQR's
+    #: final NRMSE to TKD's over noise-free and peak SNR 40/20/10, mean / worst: tolerance rule
+    #: 1.166 / 1.656; tau 0.5 0.955 / 1.071; tau 1 (chosen) 0.886 / 1.027; tau 2 0.958 / 1.117;
+    #: tau 4 1.043 / 1.266.
+    tuned_on = {
+        "what": "discrepancy_tau of lsqr_stop='discrepancy' (best worst-case NRMSE ratio to TKD among 0.5, 1, 2, 4)",
+        "phantom_model": "mni", "phantom_version": "2", "seeds": [2379417, 2888673], "shape": [80, 96, 80],
+        "voxel_size_mm": [2.0, 2.0, 2.0], "noise_peak_snr": [None, 40.0, 20.0, 10.0],
+        "script": "tests/benchmarks/bench_ilsqr_stop.py",
+    }
     #: searched by qsmbench.tuning (one per run: tune_parameter): step 1's early stopping (a looser
     #: tolerance stops sooner: regularises more) and the ill-conditioned cone of step 3 (a larger cone
     #: hands more of k-space to the streak estimate)

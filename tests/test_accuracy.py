@@ -38,12 +38,8 @@ MIN_CORRELATION = 0.8
 METHODS = sorted(registry.list_methods(include_unavailable=True))
 #: Closed-form baselines held to their claim (noise robustness) at this peak SNR, see above.
 NOISY_BASELINES = {"cfl2": (20, 0.75)}
-#: Known defects, open in issue 12.  Not run (training uQSM's quick profile costs ~2 min of the
-#: suite only to confirm a documented failure): run them with  pytest --runxfail  when fixing one.
-KNOWN_DEFECTS = {
-    "uqsm": "uQSM's quick profile is behind TKD on the MNI phantom (default run, seed 0: NRMSE 60.2 % vs "
-            "55.7 %); its quick training was sized on the analytic phantom (issue 12)",
-}
+#: Known defects: {method: why} -- an xfail that is not run (``pytest --runxfail`` runs it).
+KNOWN_DEFECTS: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")

@@ -262,6 +262,22 @@ def test_bad_parameters_are_config_errors(uqsm):
         tiny(cls, patch_size=18)  # levels 3: multiples of 4
     with pytest.raises(ConfigError, match="train_voxel_size_mm"):
         tiny(cls, train_voxel_size_mm=[1.0, 0.0, 1.0])
+    with pytest.raises(ConfigError, match="train_voxel_size_mm"):
+        tiny(cls, train_voxel_size_mm=[[1.0, 1.0, 1.0], [2.0, 2.0]])
+
+
+def test_training_voxel_sizes_cycle_over_the_phantoms(uqsm):
+    """One triple: every phantom; a list of triples: phantom i takes entry i mod n (recorded)."""
+    cls, _, _ = uqsm
+    one = tiny(cls, train_phantoms=3, train_voxel_size_mm=[1.5, 1.5, 2.0])
+    assert [s["voxel_size_mm"] for s in one.phantom_specs()] == [[1.5, 1.5, 2.0]] * 3
+    mixed = tiny(cls, train_phantoms=5, train_voxel_size_mm=[[1, 1, 1], [2, 2, 2]])
+    assert [s["voxel_size_mm"][0] for s in mixed.phantom_specs()] == [1.0, 2.0, 1.0, 2.0, 1.0]
+    assert mixed.describe_training()["voxel_size_mm"] == [[1.0] * 3, [2.0] * 3, [1.0] * 3, [2.0] * 3, [1.0] * 3]
+    # the sizes are part of the cache key
+    assert one.training_config()["params"]["train_voxel_size_mm"] != \
+        tiny(cls, train_phantoms=3, train_voxel_size_mm=[[1.5, 1.5, 2.0], [2, 2, 2]]).training_config()["params"][
+            "train_voxel_size_mm"]
 
 
 # --------------------------------------------------------------------------- the loss against numpy

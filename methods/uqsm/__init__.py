@@ -183,13 +183,18 @@ class UQSM(Method):
     tv_weight : weight of TV1(m o) (0.001).
     patch_size, min_brain_fraction, batch_size, epochs, steps_per_epoch, lr, lr_decay : training
         (96, 0.5, -, 10, -, 1e-4, 0.8; batch size and patches per epoch are not stated: 2, 1000).
-    train_* : the training data (above); ``train_model`` "mni" (default) or "analytic".
+    train_* : the training data (above); ``train_model`` "mni" (default) or "analytic";
+        ``train_voxel_size_mm`` one triple (mm) or a list of triples, phantom ``i`` taking entry
+        ``i`` modulo their number.
     cache : read/write the weights cache.
 
     Profiles: ``paper`` (the published settings and the code's ``phase_scale = 100``, meant for
     a GPU); ``quick`` (CI and the offline default run: 8-16-32-64-128 channels, 48^3 patches,
-    6 epochs x 50 steps of 2 patches at learning rate 1e-3, 8 phantoms of 64-96 voxels per axis;
-    about two minutes on 2 idle CPU cores, several on a busy one); ``cpu`` (12 channels,
+    8 epochs x 50 steps of 2 patches at learning rate 1e-3, 8 phantoms of 64-96 voxels per axis,
+    alternately at 1 mm (a field of view through the brain, the resolution of in-vivo data) and
+    2 mm (whole heads, the default run's resolution); about 2.5 minutes on 2 idle CPU cores, chosen
+    on tuning-range phantoms, see :attr:`tuned_on`: trained at 1 mm only it stayed behind TKD at
+    both resolutions); ``cpu`` (12 channels,
     10 x 60 steps, 12 phantoms of 64-112 voxels: a few minutes on 2 idle cores).  Patches smaller
     than about 48^3 train *worse* the longer they train on these phantoms (the patch-circular
     data term then rewards spurious sources), so even ``quick`` keeps 48^3.
@@ -229,9 +234,21 @@ class UQSM(Method):
         "cpu": {"width": 12, "patch_size": 48, "batch_size": 2, "epochs": 10, "steps_per_epoch": 60,
                 "lr": 1e-3, "train_phantoms": 12, "train_shape_min": 64, "train_shape_max": 112,
                 "train_oversample": 1},
-        "quick": {"width": 8, "patch_size": 48, "batch_size": 2, "epochs": 6, "steps_per_epoch": 50,
+        "quick": {"width": 8, "patch_size": 48, "batch_size": 2, "epochs": 8, "steps_per_epoch": 50,
                   "lr": 1e-3, "train_phantoms": 8, "train_shape_min": 64, "train_shape_max": 96,
-                  "train_oversample": 1},
+                  "train_voxel_size_mm": [[1.0, 1.0, 1.0], [2.0, 2.0, 2.0]], "train_oversample": 1},
+    }
+    #: How the quick profile's training data and length were chosen (NRMSE % on tuning-range
+    #: phantoms, never a test seed; rerun with tests/benchmarks/tune_uqsm_quick.py).
+    tuned_on = {
+        "what": "quick profile: training voxel sizes and epochs. Candidates (NRMSE % at 2 mm noise-free / 2 mm "
+                "peak SNR 20 / 1 mm noise-free, mean of the 2 mm seeds): 1 mm only, 6 epochs (previous) 61.2 / 63.0 "
+                "/ 60.5; 2 mm only 49.8 / 54.0 / 63.2; 1 and 2 mm alternating 53.8 / 56.2 / 55.6; 1, 1.5 and 2 mm "
+                "54.2 / 57.1 / 56.0; 1 and 2 mm, 8 epochs (chosen) 52.3 / 55.3 / 54.0; the same with tv_weight 1e-4 "
+                "50.7 / 56.6 / 54.2. TKD 55.9 / 72.1 / 54.7",
+        "phantom_model": "mni", "phantom_version": "2", "seeds": [2240783, 2482977],
+        "shape": [[80, 96, 80], [160, 192, 160]], "voxel_size_mm": [[2.0, 2.0, 2.0], [1.0, 1.0, 1.0]],
+        "noise_peak_snr": [None, 20.0], "profile": "quick", "script": "tests/benchmarks/tune_uqsm_quick.py",
     }
     requirements = ["torch"]
     uses = {"magnitude", "gpu", "training"}
@@ -277,14 +294,22 @@ class UQSM(Method):
                               f"{p['phase_scale']!r}")
         if p["tv_weight"] < 0 or not 0 <= p["train_max_tilt_deg"] <= 90:
             raise ConfigError("uqsm: tv_weight must be >= 0 and train_max_tilt_deg in [0, 90]")
+        raw = p["train_voxel_size_mm"]
+        nested = isinstance(raw, (list, tuple)) and len(raw) > 0 and all(isinstance(x, (list, tuple)) for x in raw)
         try:
-            vs = [float(v) for v in p["train_voxel_size_mm"]]
+            sizes = [[float(v) for v in x] for x in (raw if nested else [raw])]
         except (TypeError, ValueError):
-            vs = []
-        if len(vs) != 3 or not all(v > 0 for v in vs):
-            raise ConfigError(f"uqsm: train_voxel_size_mm must be three positive numbers, got "
-                              f"{p['train_voxel_size_mm']!r}")
-        p["train_voxel_size_mm"] = vs
+            sizes = [[]]
+        if not all(len(vs) == 3 and all(v > 0 for v in vs) for vs in sizes):
+            raise ConfigError(f"uqsm: train_voxel_size_mm must be three positive numbers (mm) or a list of such "
+                              f"triples, got {raw!r}")
+        p["train_voxel_size_mm"] = sizes if nested else sizes[0]
+
+    def train_voxel_sizes(self) -> list[list[float]]:
+        """The training phantoms' voxel sizes, one triple per entry of ``train_voxel_size_mm``
+        (phantom ``i`` uses entry ``i`` modulo their number)."""
+        vs = self.params["train_voxel_size_mm"]
+        return vs if isinstance(vs[0], list) else [vs]
 
     def training_config(self, train: Sequence[Volume] = ()) -> dict[str, Any]:
         """Everything that determines the trained weights (hashed into the cache key)."""
@@ -314,14 +339,15 @@ class UQSM(Method):
         p = self.params
         rng = np.random.default_rng([p["train_seed"], 0x75514D])
         specs = []
-        for seed in self.train_seeds():
+        sizes = self.train_voxel_sizes()
+        for i, seed in enumerate(self.train_seeds()):
             shape = tuple(int(n) for n in rng.integers(p["train_shape_min"], p["train_shape_max"] + 1, 3))
             b0 = (0.0, 0.0, 1.0)
             if p["train_max_tilt_deg"] > 0:
                 theta = float(rng.uniform(0.0, p["train_max_tilt_deg"]))
                 phi = float(rng.uniform(0.0, 2 * np.pi))
                 b0 = tuple(float(x) for x in tilted_b0_dir(theta, axis=(np.cos(phi), np.sin(phi), 0.0)))
-            specs.append({"shape": shape, "seed": seed, "b0_dir": b0})
+            specs.append({"shape": shape, "seed": seed, "b0_dir": b0, "voxel_size_mm": sizes[i % len(sizes)]})
         return specs
 
     def describe_training(self, train: Sequence[Volume] = ()) -> dict[str, Any]:
@@ -335,7 +361,7 @@ class UQSM(Method):
             "seeds": [s["seed"] for s in specs],
             "seed_stream": "uqsm" if p["train_seed"] == 0 else f"uqsm-{p['train_seed']}",
             "shapes": [list(s["shape"]) for s in specs],
-            "voxel_size_mm": list(p["train_voxel_size_mm"]),
+            "voxel_size_mm": [list(s["voxel_size_mm"]) for s in specs],
             "b0_dirs": [list(s["b0_dir"]) for s in specs],
             "volumes": [{"name": v.name, "digest": volume_digest(v)} for v in train],
         }
@@ -355,7 +381,7 @@ class UQSM(Method):
             out.append(tv)
 
         for spec in self.phantom_specs():
-            vol = make_phantom(spec["shape"], p["train_voxel_size_mm"], model=p["train_model"], seed=spec["seed"],
+            vol = make_phantom(spec["shape"], spec["voxel_size_mm"], model=p["train_model"], seed=spec["seed"],
                                b0_dir=spec["b0_dir"],
                                b0_tesla=p["train_b0_tesla"], te_s=p["train_te_s"],
                                oversample=p["train_oversample"])
