@@ -24,14 +24,15 @@ import math
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from . import io, metrics
 from .errors import InputError
 from .io import atomic_write  # the one atomic writer; re-exported for callers of results
 from .tuning import tuned_value_text
+
+if TYPE_CHECKING:   # annotations only: pandas is imported where a table is built
+    import pandas as pd
 
 #: Status of a run, as written by the runner in ``run.json`` (:data:`qsmbench.runner.STATUSES`).
 RUN_STATUSES = ("ok", "failed", "timeout", "oom", "not_run")
@@ -257,6 +258,8 @@ def collect(metric_json_paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
                                  + ", ".join(f"{k}={v!r}" for k, v in zip(KEY_COLUMNS, key, strict=True)))
             origin[key] = path
             rows.append(row)
+    import pandas as pd  # here, not at import: the evaluate jobs (one per run) never build tables
+
     df = pd.DataFrame(rows, columns=list(COLUMNS))
     df = _coerce(df)
     check_phantom_versions(df)
@@ -379,6 +382,8 @@ def _coerce(df: pd.DataFrame) -> pd.DataFrame:
 
     Extra columns (e.g. a ``config_hash`` added by the workflow) are kept, after the schema's.
     """
+    import pandas as pd
+
     df = df.copy()
     for c in _FLOAT_COLUMNS:
         df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
@@ -412,6 +417,8 @@ def write_table(df: pd.DataFrame, parquet_path: str | os.PathLike,
 
 def read_table(path: str | os.PathLike) -> pd.DataFrame:
     """Read a table written by :func:`write_table` (``.parquet`` or ``.csv``), with its dtypes."""
+    import pandas as pd
+
     path = Path(path)
     if not path.exists():
         raise InputError(f"results table not found: {path}")
