@@ -1,8 +1,10 @@
-"""Helpers of the tuning scripts (tune_inr_fast.py, tune_inr_quick.py): tuning-range phantoms,
-their noisy versions, and scoring.  Not collected by pytest; never touches test-range seeds."""
+"""Helpers of the tuning scripts (tune_inr_fast.py, tune_inr_quick.py, bench_medi_lambda.py,
+bench_ilsqr_stop.py): tuning-range phantoms, their noisy versions, and scoring.  Not collected by
+pytest; never touches test-range seeds."""
 
 from __future__ import annotations
 
+import argparse
 import inspect
 import os
 import platform
@@ -53,3 +55,16 @@ def header(what: str, model: str, tune_seeds: Sequence[int]) -> str:
 
 def mean(values) -> float:
     return float(np.mean(list(values)))
+
+
+def stop_rule_parser(description: str, default_taus: str) -> argparse.ArgumentParser:
+    """The arguments of the stopping/lambda-rule studies (bench_medi_lambda.py, bench_ilsqr_stop.py):
+    tuning seeds, phantom grid, peak SNRs and the repeatable ``--tau``."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--n-seeds", type=int, default=2)
+    p.add_argument("--shape", type=int, nargs=3, default=[80, 96, 80])
+    p.add_argument("--voxel-size", type=float, nargs=3, default=[2.0, 2.0, 2.0])
+    p.add_argument("--snr", type=float, nargs="*", default=[0, 40, 20, 10], help="peak SNRs; 0 = no noise")
+    p.add_argument("--tau", type=float, action="append", default=None,
+                   help=f"discrepancy_tau (repeatable; default {default_taus})")
+    return p

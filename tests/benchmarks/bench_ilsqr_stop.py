@@ -17,28 +17,19 @@ worst-case ratio.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 
 import numpy as np
+from _tuning import nrmse, stop_rule_parser
 
-from qsmbench import metrics, perturb, registry, seeds
+from qsmbench import perturb, registry, seeds
 from qsmbench.phantom import make_phantom
 
 
-def _nrmse(chi, vol) -> float:
-    return metrics.evaluate(chi, vol.references["chi"], vol.mask, metrics=["nrmse"])[0].value
-
-
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--n-seeds", type=int, default=2)
-    p.add_argument("--shape", type=int, nargs=3, default=[80, 96, 80])
-    p.add_argument("--voxel-size", type=float, nargs=3, default=[2.0, 2.0, 2.0])
-    p.add_argument("--snr", type=float, nargs="*", default=[0, 40, 20, 10], help="peak SNRs; 0 = no noise")
-    p.add_argument("--tau", type=float, action="append", default=None, help="discrepancy_tau (repeatable)")
+    p = stop_rule_parser(__doc__.splitlines()[0], "0.5, 1, 1.5, 2")
     args = p.parse_args(argv)
     taus = args.tau or [0.5, 1.0, 1.5, 2.0]
     tune = seeds.draw("tune", args.n_seeds, "ilsqr-stop")
@@ -58,13 +49,13 @@ def main(argv=None):
         for snr in args.snr:
             noisy = vol if snr == 0 else perturb.add_noise(vol, snr, seed=1)
             label = "inf" if snr == 0 else f"{snr:g}"
-            ref = _nrmse(tkd.reconstruct(noisy), noisy)
+            ref = nrmse(tkd.reconstruct(noisy), noisy)
             for name, params in rules:
                 t0 = time.perf_counter()
                 chi, details = run_ilsqr(noisy.field_ppm, noisy.mask, noisy.voxel_size_mm, noisy.b0_dir,
                                          **params)
                 wall = time.perf_counter() - t0
-                final, step1 = _nrmse(chi, noisy), _nrmse(details["chi_lsqr"], noisy)
+                final, step1 = nrmse(chi, noisy), nrmse(details["chi_lsqr"], noisy)
                 ratios[name].append(final / ref)
                 info = details["lsqr"]
                 print(f"{seed:>8} {label:>5} {name:<18} {step1:8.1f} {final:8.1f} {ref:7.1f} "

@@ -17,27 +17,18 @@ from ``--tau``; repeat the flag for several).  A last block averages over the se
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
 import numpy as np
+from _tuning import nrmse, stop_rule_parser
 
-from qsmbench import metrics, perturb, physics, registry, seeds
+from qsmbench import perturb, physics, registry, seeds
 from qsmbench.phantom import make_phantom
 
 
-def _nrmse(chi, vol) -> float:
-    return metrics.evaluate(chi, vol.references["chi"], vol.mask, metrics=["nrmse"])[0].value
-
-
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--n-seeds", type=int, default=2)
-    p.add_argument("--shape", type=int, nargs=3, default=[80, 96, 80])
-    p.add_argument("--voxel-size", type=float, nargs=3, default=[2.0, 2.0, 2.0])
-    p.add_argument("--snr", type=float, nargs="*", default=[0, 40, 20, 10], help="peak SNRs; 0 = no noise")
-    p.add_argument("--tau", type=float, action="append", default=None, help="discrepancy_tau (repeatable)")
+    p = stop_rule_parser(__doc__.splitlines()[0], "1.0")
     p.add_argument("--no-fixed", action="store_true", help="skip MEDI with the fixed lambda")
     args = p.parse_args(argv)
     taus = args.tau or [1.0]
@@ -70,7 +61,7 @@ def main(argv=None):
                 lam = info.get("lam", float("nan"))
                 sw = info.get("noise_sigma_w_rad", float("nan"))
                 ratio = info.get("final_ratio", float("nan"))
-                err = _nrmse(chi, noisy)
+                err = nrmse(chi, noisy)
                 rows.append((seed, label, name, err, lam, wall, ffts["n"]))
                 print(f"{seed:>8} {label:>5} {name:<22} {err:8.1f} {lam:9.4g} {sw:8.4f} {ratio:8.3f} {wall:7.1f} "
                       f"{ffts['n']:6d}", flush=True)
