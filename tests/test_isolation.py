@@ -245,7 +245,11 @@ def test_a_child_killed_by_a_signal_other_than_ours_is_an_interruption(volume_di
 
 def _start_parent(volume_dir, tmp_path, plugins) -> tuple[subprocess.Popen, psutil.Process]:
     """A process running run_job on the hanging plugin; returns it and its isolated child."""
+    # SIGINT as in an interactive Ctrl-C, even where the test itself was started with SIGINT ignored
+    # (a background job of a non-interactive shell, e.g. `nohup .ci/run &`, passes that on)
     code = textwrap.dedent(f"""
+        import signal
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         from qsmbench.runner import run_job
         run_job({str(volume_dir)!r}, {str(tmp_path / 'recon' / 'hangs' / 'run.json')!r}, run_id="hangs",
                 method="hangs", dataset="d", extra_dirs=[{str(plugins)!r}], timeout_s=300)
