@@ -444,7 +444,8 @@ def weighted_lsqr(field: np.ndarray, mask: np.ndarray, weights: np.ndarray, kern
     return chi.astype(np.float32, copy=False), info
 
 
-def discrepancy_target(field: np.ndarray, mask: np.ndarray, weights: np.ndarray, tau: float) -> tuple[float, dict]:
+def discrepancy_target(field: np.ndarray, mask: np.ndarray, weights: np.ndarray,
+                       tau: float) -> tuple[float | None, dict]:
     """Step 1's noise-scaled discrepancy target (our addition, see :class:`ILSQR`'s ``lsqr_stop``).
 
     ``sigma`` is the field's noise std estimated from the data alone
@@ -454,13 +455,14 @@ def discrepancy_target(field: np.ndarray, mask: np.ndarray, weights: np.ndarray,
     falls, so that a low-noise field is fitted as the author's tolerance rule fits it and a noisy
     field stops before LSQR fits its noise into the ill-conditioned cone.  ``(f -> a f)`` scales
     sigma and s by ``|a|`` and the target by ``a^2``: the rule keeps the method odd and homogeneous.
-    Returns ``(target, {sigma, field_rms, expected})``.
+    Returns ``(target, {sigma, field_rms, expected})``; the target is None where no noise estimate
+    exists (a mask too small to erode, a zero field): the tolerance rule alone then stops LSQR.
     """
     m = np.asarray(mask, bool)
     sigma, _ = operators.robust_noise_sd(field, m)
     s = float(np.sqrt(np.mean(np.square(field[m], dtype=np.float64)))) if m.any() else 0.0
-    if not (np.isfinite(sigma) and s > 0):   # too small a mask, or a zero field: the tolerance rule only
-        return -1.0, {"sigma": sigma, "field_rms": s, "expected": float("nan")}
+    if not (np.isfinite(sigma) and s > 0):
+        return None, {"sigma": sigma, "field_rms": s, "expected": float("nan")}
     expected = sigma * sigma * float(np.sum(weights[m], dtype=np.float64))
     return tau * (sigma / s) * expected, {"sigma": sigma, "field_rms": s, "expected": expected}
 
@@ -882,7 +884,7 @@ class ILSQR(Method):
         lsqr_info, sa_info = details["lsqr"], details["streak"]
         alpha, beta = details["calibration"]
         noise = (f", estimated field noise sd {lsqr_info['sigma']:.3g} ppm, misfit {lsqr_info['residual']:.3g} "
-                 f"vs discrepancy target {lsqr_info['target']:.3g}") if lsqr_info.get("target", -1) >= 0 else ""
+                 f"vs discrepancy target {lsqr_info['target']:.3g}") if "target" in lsqr_info else ""
         self.notes.append(f"ilsqr: step 1 LSQR {lsqr_info['iterations']} iterations ({lsqr_info['stop']}, "
                           f"relres {lsqr_info['relres']:.3g}{noise}); step 3 {sa_info['solver'].upper()} "
                           f"{sa_info['iterations']} iterations ({sa_info['stop']}); FastQSM calibration "

@@ -594,21 +594,13 @@ class PhaseNoise:
     expected_residual: float
 
 
-
-
 def estimate_phase_noise(rdf: np.ndarray, mask: np.ndarray, weight: np.ndarray) -> PhaseNoise:
-    """Estimate the phase noise of ``rdf`` (rad) from the data alone: a robust high-pass residual.
-
-    ``r_i = W_i (L rdf)_i`` with ``L`` the unscaled 7-point Laplacian, on the mask eroded by one
-    voxel (so the stencil never leaves the mask); ``sigma_w = 1.4826 * MAD(r) / sqrt(42)``.
-    For white Gaussian noise of std ``sigma`` and ``W = 1`` (or noise ``sigma_w / W_i`` with a
-    slowly varying ``W``) ``(L n)_i`` has std ``sqrt(42) sigma``, and the median absolute
-    deviation ignores the few voxels where the field itself has a large Laplacian (tissue and
-    vessel boundaries), so ``sigma_w`` is the weighted noise std (tested against simulated noise).
-    The field's own voxel-scale structure still leaks in: on the 2 mm MNI phantom without noise
-    the estimate is about 0.03 rad, the noise of a peak SNR near 90 (``MEDI``'s
-    ``discrepancy_tau`` is chosen with this estimator).  ``weight`` is the data weight ``W``
-    (:func:`data_weight`; the mask for the uniform weighting).
+    """Estimate the phase noise of ``rdf`` (rad) from the data alone: the robust high-pass
+    residual of :func:`qsmbench.operators.robust_noise_sd` weighted by the data weight ``W``
+    (:func:`data_weight`; the mask for the uniform weighting), so ``sigma_w`` is the weighted
+    noise std.  The field's own voxel-scale structure leaks in: on the 2 mm MNI phantom without
+    noise the estimate is about 0.03 rad, the noise of a peak SNR near 90 (``MEDI``'s
+    ``discrepancy_tau`` is chosen with this estimator).
     """
     m = np.asarray(mask, dtype=bool)
     w = np.asarray(weight, dtype=np.float64)

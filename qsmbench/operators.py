@@ -360,11 +360,6 @@ def kspace_filter(x: np.ndarray, make_filter: Callable[[tuple[int, int, int]], n
     return np.ascontiguousarray(backend.to_numpy(y)[: x.shape[0], : x.shape[1], : x.shape[2]])
 
 
-__all__ = ["BOUNDARIES", "diff_adjoint", "diff_forward", "divergence", "fft_filter", "get_backend", "grad",
-           "grad_adjoint", "half_spectrum_norm", "hermitian_consistent", "kspace_filter", "masked_gradient",
-           "masked_laplacian", "prepare_laplacian_weights", "shifted", "weighted_laplacian"]
-
-
 #: 1 / Phi^-1(3/4): the median absolute deviation of a Gaussian times this is its std.
 MAD_TO_STD = 1.482602218505602
 #: Noise gain of the unscaled 7-point Laplacian stencil (centre -6, six neighbours 1): sqrt(36 + 6).
@@ -405,3 +400,9 @@ def robust_noise_sd(values: np.ndarray, mask: np.ndarray, weight: np.ndarray | N
     r = (w * laplacian7(values))[inner]
     mad = float(np.median(np.abs(r - np.median(r))))
     return MAD_TO_STD * mad / LAPLACIAN7_GAIN, int(r.size)
+
+
+__all__ = ["BOUNDARIES", "diff_adjoint", "diff_forward", "divergence", "fft_filter", "get_backend", "grad",
+           "grad_adjoint", "half_spectrum_norm", "hermitian_consistent", "kspace_filter", "laplacian7",
+           "masked_gradient", "masked_laplacian", "prepare_laplacian_weights", "robust_noise_sd", "shifted",
+           "weighted_laplacian"]

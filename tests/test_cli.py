@@ -146,16 +146,14 @@ def test_console_script_reports_errors_on_stderr(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-
 def test_reconstruct_without_profile_uses_auto_and_says_which(tmp_path, capsys, gpu_plugin_dir):
     """As in the workflow: no --profile is auto, i.e. quick on a CPU (paper only on a CUDA GPU)."""
     from qsmbench.cli import main
     from qsmbench.devices import cuda_devices
 
-    plugins = gpu_plugin_dir
     main(["phantom", str(tmp_path / "ph"), "--model", "analytic", "--shape", "16", "16", "16"])
     args = ["reconstruct", "gpu_capable", "--field", str(tmp_path / "ph" / "field_ppm.nii.gz"),
-            "--mask", str(tmp_path / "ph" / "mask.nii.gz"), "--methods-dir", str(plugins),
+            "--mask", str(tmp_path / "ph" / "mask.nii.gz"), "--methods-dir", str(gpu_plugin_dir),
             "--run-json", str(tmp_path / "run.json")]
     capsys.readouterr()
     assert main([*args, "--out", str(tmp_path / "chi.nii.gz")]) == 0

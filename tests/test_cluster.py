@@ -18,15 +18,11 @@ SNAKEMAKE = shutil.which("snakemake") or str(Path(sys.executable).parent / "snak
 FAKE = Path(__file__).with_name("fake_scheduler.py")
 
 
-def needs_plugin(module: str):
+def needs_plugin(module: str) -> None:
     """Skip, saying how to install it, where the profile's executor plugin is missing.  The README's
     test install (`.[dl,test]`) pulls the `cluster` extra, so CI always runs these
     (tests/test_packaging.py checks that it does)."""
-    try:
-        __import__(module)
-    except ImportError:
-        return pytest.mark.skip(reason=f"{module} not installed: pip install -e '.[cluster]'")
-    return lambda f: f
+    pytest.importorskip(module, reason=f"{module} not installed: pip install -e '.[cluster]'")
 
 
 def tiny_config(**extra) -> dict:
@@ -51,8 +47,8 @@ def run_snakemake(workdir: Path, config: dict, profile: str, *args: str, env=Non
 
 
 @pytest.mark.slow
-@needs_plugin("snakemake_executor_plugin_cluster_generic")
 def test_generic_profile_runs_the_tiny_config_through_a_fake_scheduler(tmp_path):
+    needs_plugin("snakemake_executor_plugin_cluster_generic")
     state = tmp_path / "scheduler"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
            "QSMBENCH_SUBMIT": f"{sys.executable} {FAKE} submit --state {state}"}
@@ -105,8 +101,8 @@ def dry_run_jobs(text: str) -> list[dict]:
     return jobs
 
 
-@needs_plugin("snakemake_executor_plugin_slurm")
 def test_slurm_dry_run_requests_gpus_only_for_gpu_capable_jobs(tmp_path):
+    needs_plugin("snakemake_executor_plugin_slurm")
     cfg = tiny_config(methods={"tkd": {}, "inr_qsm_fast": {}, "uqsm": {}}, device="auto",
                       cluster={"partition": "cpu", "gpu_partition": "gpu", "account": "lab"})
     proc = run_snakemake(tmp_path / "run", cfg, "slurm", "-n")

@@ -522,7 +522,18 @@ def test_discrepancy_target_scales_with_the_field_squared_and_ignores_its_sign(i
     assert ilsqr_mod.discrepancy_target(3.0 * f, m, w, 1.0)[0] == pytest.approx(9.0 * t, rel=1e-5)
     assert ilsqr_mod.discrepancy_target(f, m, w, 2.0)[0] == pytest.approx(2.0 * t, rel=1e-9)
     # no noise estimate possible (a zero field): no target, the tolerance rule alone
-    assert ilsqr_mod.discrepancy_target(np.zeros_like(f), m, w, 1.0)[0] < 0
+    assert ilsqr_mod.discrepancy_target(np.zeros_like(f), m, w, 1.0)[0] is None
+
+
+def test_without_a_noise_estimate_step_1_is_the_tolerance_rule(ilsqr_mod, small_volume):
+    """A mask too thin to erode gives no noise estimate: no target, no residual checks."""
+    vol = small_volume
+    thin = np.zeros_like(vol.mask)
+    thin[4:20, 4:20, 10] = True   # one slice: nothing survives a 3-D erosion
+    chi, det = ilsqr_mod.ilsqr(vol.field_ppm, thin, vol.voxel_size_mm, vol.b0_dir)
+    tol_chi, _ = ilsqr_mod.ilsqr(vol.field_ppm, thin, vol.voxel_size_mm, vol.b0_dir, lsqr_stop="tolerance")
+    assert "target" not in det["lsqr"] and det["lsqr"]["stop"] != "discrepancy"
+    np.testing.assert_array_equal(chi, tol_chi)
 
 
 @pytest.fixture(scope="module")
