@@ -316,12 +316,28 @@ def demean_in_mask(a: np.ndarray, m: np.ndarray) -> np.ndarray:
     return np.where(m, a - a[m].mean(), 0.0)
 
 
+def norm2(a: np.ndarray) -> float:
+    """Euclidean norm of ``a``, accumulated in float64 by numpy's pairwise summation.
+
+    Not ``np.linalg.norm``/``np.dot``: those call BLAS, whose multithreaded reductions add in an
+    order that depends on the thread count, so a score would change in its last bits with the
+    job's threads (a reconstruct job's scores and ``qsmbench rescore``'s must be bitwise equal).
+    """
+    return math.sqrt(dot64(a, a))
+
+
+def dot64(a: np.ndarray, b: np.ndarray) -> float:
+    """``Σ a·b`` in float64 by numpy's pairwise summation: independent of the thread count (see
+    :func:`norm2`)."""
+    return float(np.sum(np.multiply(a, b, dtype=np.float64)))
+
+
 def relative_error_percent(x: np.ndarray, y: np.ndarray, what: str = "reference") -> float:
     """``100 * ||x - y|| / ||y||``; not applicable when ``y`` is all zero."""
-    ny = np.linalg.norm(y)
+    ny = norm2(y)
     if ny == 0:
         raise NotApplicable(f"the {what} is zero, so a relative error is undefined")
-    return 100.0 * float(np.linalg.norm(x - y) / ny)
+    return 100.0 * norm2(np.subtract(x, y, dtype=np.float64)) / ny
 
 
 def masked(ctx: EvalContext) -> tuple[np.ndarray, np.ndarray]:
@@ -449,14 +465,6 @@ def _demean(v: np.ndarray) -> np.ndarray:
     return v - v.mean()
 
 
-def _rel_error(x: np.ndarray, y: np.ndarray, what: str) -> float:
-    ny = float(np.sqrt(np.dot(y, y)))
-    if ny == 0:
-        raise NotApplicable(f"the {what} is zero, so a relative error is undefined")
-    d = x - y
-    return 100.0 * float(np.sqrt(np.dot(d, d))) / ny
-
-
 # --------------------------------------------------------------------------- 2016 challenge
 @register("rmse", better="lower", unit="%",
           definition="100·‖M·x − M·y‖₂ / ‖M·y‖₂ over the whole volume (x masked first, no "
@@ -482,10 +490,10 @@ def hfen(ctx: EvalContext) -> float:
     log_y, kfft = correlate_same_zero_pad(y, kernel)
     # LoG is linear: LoG(x) − LoG(y) = LoG(x − y), one transform fewer.
     log_d, _ = correlate_same_zero_pad(x - y, kernel, kfft)
-    ny = np.linalg.norm(log_y)
+    ny = norm2(log_y)
     if ny == 0:
         raise NotApplicable("the reference has no high-frequency content (LoG(y) = 0)")
-    return 100.0 * float(np.linalg.norm(log_d) / ny)
+    return 100.0 * norm2(log_d) / ny
 
 
 def _rescale_2016(ctx: EvalContext, box: tuple[slice, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -599,7 +607,7 @@ def nrmse(ctx: EvalContext) -> float:
     m = ctx.mask
     x = ctx.recon[m]
     y = ctx.truth[m]
-    return _rel_error(_demean(x), _demean(y), "demeaned reference")
+    return relative_error_percent(_demean(x), _demean(y), "demeaned reference")
 
 
 def _dnrmse(ctx: EvalContext, region: np.ndarray, what: str) -> float:
@@ -607,13 +615,13 @@ def _dnrmse(ctx: EvalContext, region: np.ndarray, what: str) -> float:
         raise NotApplicable(f"the {what} region is empty")
     xt = _demean(ctx.recon[region])
     yt = _demean(ctx.truth[region])
-    yy = float(np.dot(yt, yt))
+    yy = dot64(yt, yt)
     if yy == 0:
         raise NotApplicable(f"the reference is constant in the {what} region, so a relative "
                             "error is undefined")
-    xy = float(np.dot(xt, yt))
+    xy = dot64(xt, yt)
     if ctx.option("dnrmse_fit") == "recon_to_truth":
-        xx = float(np.dot(xt, xt))
+        xx = dot64(xt, xt)
         # A constant reconstruction cannot be corrected: the best fit is the constant mean.
         corrected = xt * (xy / xx) if xx > 0 else np.zeros_like(xt)
     else:
@@ -621,7 +629,7 @@ def _dnrmse(ctx: EvalContext, region: np.ndarray, what: str) -> float:
             raise NotApplicable(f"the reconstruction is uncorrelated with the reference in the "
                                 f"{what} region, so the fit x ≈ p·y has p = 0 and cannot be inverted")
         corrected = xt * (yy / xy)
-    return _rel_error(corrected, yt, "demeaned reference")
+    return relative_error_percent(corrected, yt, "demeaned reference")
 
 
 _DNRMSE_FIT = ("x̃, ỹ demeaned inside R; least-squares fit ỹ ≈ a·x̃ + b, score "
@@ -692,11 +700,11 @@ def slope_error(ctx: EvalContext) -> float:
     mx = sum_x[present] / counts[present]
     my = sum_y[present] / counts[present]
     dy = my - my.mean()
-    vy = float(np.dot(dy, dy))
+    vy = dot64(dy, dy)
     if vy == 0:
         raise NotApplicable("the reference has the same mean in every deep grey-matter label, so "
                             "the slope is undefined")
-    return abs(1.0 - float(np.dot(dy, mx - mx.mean())) / vy)
+    return abs(1.0 - dot64(dy, mx - mx.mean()) / vy)
 
 
 def _calc_geometry(ctx: EvalContext):
