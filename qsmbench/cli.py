@@ -159,6 +159,18 @@ def cmd_provenance(args) -> int:
     return 1 if args.check and not reproducible else 0
 
 
+def cmd_rescore(args) -> int:
+    from .results import rescore  # noqa: PLC0415
+
+    root = Path(args.results_dir)
+    if (root / "results" / "recon").is_dir():  # the workflow's directory
+        root = root / "results"
+    written = rescore(root)
+    print(f"re-scored {len(written)} reconstruction(s) in {root}; the next `snakemake` re-aggregates the table "
+          "and redraws the report")
+    return 0
+
+
 def cmd_check_method(args) -> int:
     from .contract import run_contract  # noqa: PLC0415
     from .registry import classes_in_module, import_method_file  # noqa: PLC0415
@@ -293,6 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--configfile", help="compare the results' config hash with this configuration's")
     s.add_argument("--check", action="store_true", help="exit with status 1 when this checkout would not reproduce it")
     s.set_defaults(func=cmd_provenance)
+
+    s = sub.add_parser("rescore", help="score every reconstruction of a results folder again (no method runs)")
+    s.add_argument("results_dir", metavar="RESULTS_DIR", help="a results folder (results/ or the workflow's directory)")
+    s.set_defaults(func=cmd_rescore)
 
     s = sub.add_parser("check-method", help="run the method contract tests on a plugin file (.py, or a .yaml spec)")
     s.add_argument("file")

@@ -1,12 +1,13 @@
 """Scoring of reconstructions and the tidy results table.
 
-Two steps, one per workflow rule:
+Two steps:
 
-``evaluate`` (one job per run)
+scoring (in each ``reconstruct`` job, after the method)
     :func:`evaluate_run` reads a run's ``run.json`` and its χ map, scores the map against every
     reference of the input volume with :func:`qsmbench.metrics.evaluate`, and writes
     ``results/metrics/{dataset}/{perturbation}/{method}.json``.  A failed run is recorded, not
-    skipped: its file has no scores but carries the run's status and error.
+    skipped: its file has no scores but carries the run's status and error.  :func:`rescore`
+    (``qsmbench rescore results/``) re-scores every reconstruction of a results folder.
 
 ``aggregate`` (one job)
     :func:`collect` turns those files into one long ("tidy") table, one row per
@@ -148,10 +149,7 @@ def evaluate_run(run_json_path: str | os.PathLike, volume_dir: str | os.PathLike
     volume_dir = Path(volume_dir)
     run = _read_run(run_path)
     vol = io.load_volume(volume_dir)
-    extras = vol.meta.get("metric_extras", {})
-    if not isinstance(extras, Mapping):
-        raise InputError(f"{volume_dir / io.META}: 'metric_extras' must be an object, "
-                         f"got {type(extras).__name__}")
+    extras = _metric_extras(vol, volume_dir)
     record: dict[str, Any] = {
         "dataset": run["dataset"],
         "perturbation": run["perturbation"],
@@ -186,6 +184,53 @@ def evaluate_run(run_json_path: str | os.PathLike, volume_dir: str | os.PathLike
             record["references"][name] = [s.as_dict() for s in scores]
     io.write_json(out_json_path, record)
     return record
+
+
+def check_scorable(volume_dir: str | os.PathLike) -> None:
+    """Raise :class:`InputError` when :func:`evaluate_run` could not score a reconstruction of this
+    volume: its meta.json, references, labels or ``metric_extras`` are unreadable or malformed.
+    The reconstruct job calls it before the method runs, so that no reconstruction time is spent
+    on a volume whose result cannot be scored."""
+    _metric_extras(io.load_volume(volume_dir), Path(volume_dir))  # load_volume checks the files
+
+
+def _metric_extras(vol, volume_dir: Path) -> Mapping[str, Any]:
+    extras = vol.meta.get("metric_extras", {})
+    if not isinstance(extras, Mapping):
+        raise InputError(f"{volume_dir / io.META}: 'metric_extras' must be an object, "
+                         f"got {type(extras).__name__}")
+    return extras
+
+
+def rescore(results_dir: str | os.PathLike) -> list[Path]:
+    """Score every reconstruction of a workflow's results folder again; return the files written.
+
+    For each ``recon/{dataset}/{perturbation}/{run}/run.json`` (and each tuned run's
+    ``tune/{dataset}/{perturbation}/{run}/{mode}/run.json``) of ``results_dir``, rewrites
+    ``metrics/{dataset}/{perturbation}/{run}.json`` (``.../{mode}/metrics.json``) with
+    :func:`evaluate_run` against its input volume (``data/{dataset}``, or
+    ``perturbed/{dataset}/{perturbation}``).  No method runs.  The rewritten files are newer than
+    the results table, so the next ``snakemake`` re-aggregates and redraws the report.
+    """
+    root = Path(results_dir)
+    if not (root / "recon").is_dir():
+        raise InputError(f"{root} holds no reconstructions (no folder {root / 'recon'}): "
+                         "expected the results/ folder of a workflow run")
+
+    def volume(dataset: str, perturbation: str) -> Path:
+        return root / "data" / dataset if perturbation == "none" else root / "perturbed" / dataset / perturbation
+
+    jobs = [(run, volume(run.parts[-4], run.parts[-3]), root / "metrics" / run.parts[-4] / run.parts[-3]
+             / f"{run.parts[-2]}.json") for run in sorted(root.glob("recon/*/*/*/run.json"))]
+    jobs += [(run, volume(run.parts[-5], run.parts[-4]), run.with_name("metrics.json"))
+             for run in sorted(root.glob("tune/*/*/*/*/run.json")) if not run.parent.name.startswith("candidate-")]
+    written = []
+    for run_json, volume_dir, out in jobs:
+        if not (volume_dir / io.META).is_file():
+            raise InputError(f"{run_json}: its input volume {volume_dir} is missing (no {io.META})")
+        evaluate_run(run_json, volume_dir, out)
+        written.append(out)
+    return written
 
 
 def volume_checksums(volume_dir: str | os.PathLike) -> dict[str, str]:
@@ -455,5 +500,5 @@ def runs(df: pd.DataFrame) -> pd.DataFrame:
 
 
 __all__ = ["COLUMNS", "EXTRA_COLUMNS", "KEY_COLUMNS", "ROW_STATUSES", "RUN_STATUSES", "as_table", "atomic_write",
-           "check_phantom_versions", "collect", "default_rows", "digest_of", "evaluate_run", "read_table", "runs",
-           "volume_checksums", "write_table"]
+           "check_phantom_versions", "check_scorable", "collect", "default_rows", "digest_of", "evaluate_run",
+           "read_table", "rescore", "runs", "volume_checksums", "write_table"]

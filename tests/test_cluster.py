@@ -75,15 +75,16 @@ def test_generic_profile_runs_the_tiny_config_through_a_fake_scheduler(tmp_path)
     assert {(s["ppn"], s["mem_mb"], s["walltime_min"]) for s in by_rule["simulate_phantom"]} == {(1, 4000, 20)}
     assert {(s["ppn"], s["mem_mb"]) for s in by_rule["reconstruct"]} == {(1, 6000)}
     assert {(s["ppn"], s["mem_mb"], s["walltime_min"]) for s in by_rule["aggregate"]} == {(1, 2000, 10)}
-    # tiny jobs are batched: the 3 evaluate jobs in one submission and the 2 perturb jobs in another.
-    # With --cores 2, two evaluate jobs (1 thread, 3000 MB, 10 min each) run side by side and the
-    # third after them: 2 threads, 6000 MB, 20 min.
+    # each reconstruct job also scored its run (no evaluate jobs); the 2 tiny perturb jobs are
+    # batched into one submission.  With --cores 2 both run side by side (1 thread, 6000 MB and
+    # 30 min each): 2 threads, 12000 MB, 30 min.
+    assert {tuple(s["properties"]["output"]) for s in by_rule["reconstruct"]} == {
+        (f"results/recon/tiny/{p}/tkd/run.json", f"results/metrics/tiny/{p}/tkd.json")
+        for p in ("none", "noise-snr20-seed1", "noise-snr20-seed2")}
     assert "evaluate" not in by_rule and "perturb" not in by_rule
-    ev = [g for g in groups if g["properties"]["groupid"] == "tiny_evaluate"]
-    pt = [g for g in groups if g["properties"]["groupid"] == "tiny_perturb"]
-    assert len(ev) == 1 and len(ev[0]["properties"]["output"]) == 3
-    assert (ev[0]["ppn"], ev[0]["mem_mb"], ev[0]["walltime_min"]) == (2, 6000, 20)
-    assert len(pt) == 1 and len(pt[0]["properties"]["output"]) == 2
+    assert {g["properties"]["groupid"] for g in groups} == {"tiny_perturb"}
+    assert len(groups) == 1 and len(groups[0]["properties"]["output"]) == 2
+    assert (groups[0]["ppn"], groups[0]["mem_mb"], groups[0]["walltime_min"]) == (2, 12000, 30)
     # no job asked for a GPU (TKD is CPU-only)
     assert not any("gpu" in s["properties"]["resources"] for s in subs)
 

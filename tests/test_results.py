@@ -347,3 +347,65 @@ def test_trained_and_tuned_on_are_carried_from_run_json(tmp_path):
     results.collect([tmp_path / "m.json"]).drop(columns=["trained_on", "tuned_on", "phantom_version",
                                                          "phantom_model"]).to_csv(old, index=False)
     assert set(results.read_table(old)["trained_on"]) == {""}
+
+
+# --------------------------------------------------------------------------- re-scoring a results folder
+def workflow_layout(root: Path) -> dict[str, Path]:
+    """A workflow-style results folder: an unperturbed and a perturbed volume, a run on each, a
+    tuned run and a tuning candidate (which is not re-scored: its score.json is the search's)."""
+    vol = make_volume(root / "data" / "ph", "ph")
+    make_volume(root / "perturbed" / "ph" / "noise-snr20-seed1", "ph", seed=5)
+    runs = {
+        "none": make_run(root / "recon" / "ph" / "none" / "tkd", dataset="ph", method="tkd", run_id="tkd",
+                         chi_ppm=recon_of(vol, "noisy")),
+        "noise": make_run(root / "recon" / "ph" / "noise-snr20-seed1" / "tkd", dataset="ph", method="tkd",
+                          perturbation="noise-snr20-seed1", run_id="tkd", chi_ppm=recon_of(vol, "exact")),
+        "tuned": make_run(root / "tune" / "ph" / "none" / "tkd" / "oracle", dataset="ph", method="tkd",
+                          run_id="tkd", chi_ppm=recon_of(vol, "exact")),
+        "candidate": make_run(root / "tune" / "ph" / "none" / "tkd" / "candidate-0", dataset="ph", method="tkd",
+                              run_id="tkd", chi_ppm=recon_of(vol, "exact")),
+    }
+    return runs
+
+
+def test_rescore_rewrites_every_metrics_file_from_the_reconstructions_alone(tmp_path):
+    runs = workflow_layout(tmp_path)
+    written = results.rescore(tmp_path)
+    assert written == [tmp_path / "metrics/ph/noise-snr20-seed1/tkd.json", tmp_path / "metrics/ph/none/tkd.json",
+                       tmp_path / "tune/ph/none/tkd/oracle/metrics.json"]
+    assert not (tmp_path / "tune/ph/none/tkd/candidate-0/metrics.json").exists()
+    # each file is what evaluate_run writes for that run against its own input volume
+    for run, volume, out in ((runs["noise"], tmp_path / "perturbed/ph/noise-snr20-seed1", written[0]),
+                             (runs["none"], tmp_path / "data/ph", written[1]),
+                             (runs["tuned"], tmp_path / "data/ph", written[2])):
+        expected = results.evaluate_run(run, volume, tmp_path / "expected.json")
+        assert json.loads(out.read_text()) == json.loads(json.dumps(expected))
+    # the perturbed run is scored against the perturbed volume's reference (seed 5), not the clean one
+    table = results.collect(written[:2]).set_index(["perturbation", "metric"])
+    assert table.loc[("noise-snr20-seed1", "nrmse"), "value"] > 0
+    # a stale metrics file is replaced, not kept
+    (tmp_path / "metrics/ph/none/tkd.json").write_text("{}")
+    results.rescore(tmp_path)
+    assert json.loads((tmp_path / "metrics/ph/none/tkd.json").read_text())["method"] == "tkd"
+
+
+def test_rescore_names_what_is_missing(tmp_path):
+    with pytest.raises(InputError, match=r"holds no reconstructions \(no folder .*recon\)"):
+        results.rescore(tmp_path)
+    workflow_layout(tmp_path)
+    import shutil
+    shutil.rmtree(tmp_path / "perturbed")
+    with pytest.raises(InputError, match=r"run\.json: its input volume .*noise-snr20-seed1 is missing"):
+        results.rescore(tmp_path)
+
+
+def test_check_scorable_refuses_what_evaluate_run_could_not_score(tmp_path):
+    make_volume(tmp_path / "vol", "ph")
+    results.check_scorable(tmp_path / "vol")  # a good volume passes
+    _with_meta(tmp_path / "vol", metric_extras=[1, 2])
+    with pytest.raises(InputError, match=r"meta\.json: 'metric_extras' must be an object, got list"):
+        results.check_scorable(tmp_path / "vol")
+    _with_meta(tmp_path / "vol", metric_extras={})
+    (tmp_path / "vol" / f"{io.REFERENCE_PREFIX}chi.nii.gz").write_bytes(b"not a nifti")
+    with pytest.raises(InputError, match=r"ref.*chi\.nii\.gz"):
+        results.check_scorable(tmp_path / "vol")

@@ -76,6 +76,34 @@ def test_tiny_end_to_end_run(tmp_path):
     assert json.loads(tkd.parameters)["variant"] == "shmueli" and tkd.seed > 0
     again = snakemake(run, cfg, "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
+    # every reconstruct job scored its own run: there are no evaluate jobs
+    assert not (run / "logs" / "metrics").exists() and (run / "results/metrics/tiny/none/tkd.json").exists()
+    # re-scoring a finished run runs no method and rewrites the metrics files bitwise identically
+    # (the scores do not depend on the job's threads), so Snakemake has nothing to redo ...
+    before = {p: p.read_bytes() for p in (run / "results/metrics").rglob("*.json")}
+
+    def rescore():
+        proc = subprocess.run([sys.executable, "-m", "qsmbench.cli", "rescore", str(run)], capture_output=True,
+                              text=True, cwd=run)
+        assert proc.returncode == 0, proc.stderr
+        assert f"re-scored {len(before)} reconstruction(s)" in proc.stdout
+
+    rescore()
+    assert {p: p.read_bytes() for p in (run / "results/metrics").rglob("*.json")} == before
+    assert "Nothing to be done" in (lambda p: p.stdout + p.stderr)(snakemake(run, cfg, "-n"))
+    # ... and when a score changes (here: TKD's χ map replaced by its double), the next run
+    # re-aggregates and redraws without reconstructing anything
+    chi_path = run / "results/recon/tiny/none/tkd/chi_ppm.nii.gz"
+    from qsmbench import io
+    chi, affine, _ = io.read_nifti(chi_path)
+    io.write_nifti(chi_path, 2 * chi, affine)
+    rescore()
+    changed = json.loads((run / "results/metrics/tiny/none/tkd.json").read_text())
+    assert changed != json.loads(before[run / "results/metrics/tiny/none/tkd.json"])
+    plan = snakemake(run, cfg, "-n")
+    planned = plan.stdout + plan.stderr
+    assert "rule aggregate:" in planned and "rule render_report:" in planned, planned
+    assert "rule reconstruct:" not in planned and "rule simulate_phantom:" not in planned, planned
 
 
 @pytest.mark.slow

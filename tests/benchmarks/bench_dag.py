@@ -9,7 +9,7 @@ in under 30 s with a peak memory under 2 GB.
 
 The grid: one 24^3 analytic phantom, ``--variants`` TKD runs (thresholds 0.05, 0.055, ...) and
 ``none`` plus ``--snrs`` x ``--noise-seeds`` noise volumes: 50 x (1 + 4 x 50) = 10,050 reconstruct
-jobs (and as many evaluate jobs) by default.  The metric files are copies of one real record
+jobs by default (each reconstruct job also scores its run).  The metric files are copies of one real record
 (TKD on a 24^3 phantom, scored by :func:`qsmbench.results.evaluate_run`) under distinct
 (perturbation, method) names; the aggregate step is what the rule runs
 (:func:`qsmbench.results.collect` + :func:`qsmbench.results.write_table`).
@@ -73,7 +73,7 @@ def bench_dag(work: Path, args) -> list[tuple]:
                                   "--configfile", str(cfg_path), "--cores", "2", "-n", "--quiet", "rules"], env=env)
     if proc.returncode != 0:
         sys.exit(f"snakemake -n failed:\n{proc.stdout[-3000:]}")
-    return [(f"DAG build + dry run ({n_jobs} reconstruct + {n_jobs} evaluate jobs)", wall, cpu, rss)]
+    return [(f"DAG build + dry run ({n_jobs} reconstruct jobs, each also scoring)", wall, cpu, rss)]
 
 
 def one_metric_record(work: Path) -> dict:

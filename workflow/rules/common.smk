@@ -168,8 +168,8 @@ def all_jobs():
     return job_list(RUN_CONFIG, PLAN)
 
 
-def all_run_jsons(wildcards=None):
-    return [f"results/recon/{d}/{p}/{r}/run.json" for d, p, r in all_jobs()]
+def unperturbed_run_jsons(wildcards=None):
+    return [f"results/recon/{d}/{p}/{r}/run.json" for d, p, r in all_jobs() if p == "none"]
 
 
 def all_metric_jsons(wildcards=None):

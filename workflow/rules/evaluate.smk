@@ -1,20 +1,7 @@
-rule evaluate:
-    input:
-        run="results/recon/{dataset}/{perturbation}/{run}/run.json",
-        volume=volume_meta,
-    output:
-        "results/metrics/{dataset}/{perturbation}/{run}.json",
-    log:
-        "logs/metrics/{dataset}/{perturbation}/{run}.log",
-    conda:
-        ENV_CORE
-    threads: 1
-    resources:
-        **CLUSTER_RESOURCES,  # partition/account from the config (resources.smk)
-        mem_mb=3000,
-        runtime=10,
-    script:
-        "../scripts/evaluate.py"
+# Scoring: each reconstruct job scores its own result (reconstruct.smk, tune.smk), writing
+# results/metrics/{dataset}/{perturbation}/{run}.json; the aggregate job turns those files into the
+# results table.  `qsmbench rescore results/` re-scores every existing reconstruction (e.g. after a
+# metric changed) without running any method again; the next `snakemake` then re-aggregates.
 
 
 rule aggregate:

@@ -4,7 +4,11 @@ rule reconstruct:
         pretrained=lambda wildcards: PRETRAINED.get(wildcards.run, []),  # pretrain.smk
         imported=imported_map,  # method type precomputed: the χ map (common.smk)
     output:
-        "results/recon/{dataset}/{perturbation}/{run}/run.json",
+        run="results/recon/{dataset}/{perturbation}/{run}/run.json",
+        # scored in the same job (evaluate.smk): one job per run, not two -- half the DAG of a big
+        # grid and half the job start-ups of a run.  `qsmbench rescore results/` re-scores
+        # existing reconstructions without running any method again.
+        metrics="results/metrics/{dataset}/{perturbation}/{run}.json",
     params:
         run=lambda wildcards: RUNS[wildcards.run],
         device=config.get("device", "auto"),

@@ -1,8 +1,8 @@
 # Tuning (qsmbench.tuning): default, tuned-by-truth (oracle) and tuned-without-truth (lcurve,
 # discrepancy) results side by side.  For each (dataset, perturbation, run) in a tuned mode:
 #   one tune_candidate job per candidate value of the run's tunable parameter (shared by the modes),
-#   one select_tuning job per mode (the chosen value), then reconstruct_tuned + evaluate_tuned:
-#   the final run with that value, scored like any other (column 'tuning' of the results table).
+#   one select_tuning job per mode (the chosen value), then reconstruct_tuned: the final run with
+#   that value, scored in the same job like any other (column 'tuning' of the results table).
 # A run with tuned_on: {dataset, perturbation} takes the value chosen there (transfer).
 
 # TUNING_PLAN, TUNED_JOBS and the path helpers: common.smk
@@ -64,7 +64,8 @@ rule reconstruct_tuned:
         selection=lambda wildcards: selection_of(wildcards.dataset, wildcards.perturbation, wildcards.run,
                                                  wildcards.mode),
     output:
-        "results/tune/{dataset}/{perturbation}/{run}/{mode}/run.json",
+        run="results/tune/{dataset}/{perturbation}/{run}/{mode}/run.json",
+        metrics="results/tune/{dataset}/{perturbation}/{run}/{mode}/metrics.json",
     wildcard_constraints:
         mode="|".join(TUNED_MODES),
     params:
@@ -84,23 +85,3 @@ rule reconstruct_tuned:
     script:
         "../scripts/reconstruct_tuned.py"
 
-
-rule evaluate_tuned:
-    input:
-        run="results/tune/{dataset}/{perturbation}/{run}/{mode}/run.json",
-        volume=volume_meta,
-    output:
-        "results/tune/{dataset}/{perturbation}/{run}/{mode}/metrics.json",
-    wildcard_constraints:
-        mode="|".join(TUNED_MODES),
-    log:
-        "logs/tune/{dataset}/{perturbation}/{run}/{mode}-evaluate.log",
-    conda:
-        ENV_CORE
-    threads: 1
-    resources:
-        mem_mb=3000,
-        runtime=10,
-        **CLUSTER_RESOURCES,
-    script:
-        "../scripts/evaluate.py"
