@@ -85,7 +85,7 @@ def cache_function_signatures() -> bool:
 
     Snakemake (9.x) calls ``inspect.signature`` on every params/input function and on every
     resource evaluator again for every job it creates and prints: about 15 calls per
-    reconstruct/evaluate job, roughly a seventh of the time a 10,000-job grid takes to build and
+    reconstruct job, roughly a seventh of the time a 10,000-job grid takes to build and
     dry-run.  A function's signature does not change, so the result is stored on the function
     itself (for a bound method: on the function behind it); an override set through
     ``snakemake.common.overwrite_function_params`` still comes first.  Called once from the workflow

@@ -303,7 +303,7 @@ def collect(metric_json_paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
                                  + ", ".join(f"{k}={v!r}" for k, v in zip(KEY_COLUMNS, key, strict=True)))
             origin[key] = path
             rows.append(row)
-    import pandas as pd  # here, not at import: the evaluate jobs (one per run) never build tables
+    import pandas as pd  # here, not at import: the reconstruct jobs (one per run) score but never build tables
 
     df = pd.DataFrame(rows, columns=list(COLUMNS))
     df = _coerce(df)
