@@ -29,8 +29,9 @@ k-space
     reconstruction, applied on the backend).
 Precision
     The operators keep the dtype they are given.  The solvers use float32 (as the MATLAB
-    originals' ``single`` data) for TKD, CFL2, MEDI and iLSQR's step 3, float64 for iLSQR's step 1
-    (the author's double LSQR; ``lsqr_precision`` "mixed"/"single" trade it for speed).  The fused
+    originals' ``single`` data) for TKD, CFL2, MEDI and iLSQR's step 3; iLSQR's step 1 keeps the
+    author's double LSQR vectors with float32 FFTs (``lsqr_precision`` "mixed"; "double" and
+    "single" are its alternatives).  The fused
     and blocked variants equal the naive expressions to float32 rounding (tests/test_operators.py:
     relative 1e-6 in float32, 1e-12 in float64) and are bit-identical for any thread count;
     reductions accumulate in float64.  A full reconstruction amplifies that rounding through its
