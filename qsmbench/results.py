@@ -149,7 +149,7 @@ def evaluate_run(run_json_path: str | os.PathLike, volume_dir: str | os.PathLike
     volume_dir = Path(volume_dir)
     run = _read_run(run_path)
     vol = io.load_volume(volume_dir)
-    extras = _metric_extras(vol, volume_dir)
+    extras = _metric_extras(vol.meta, volume_dir)
     record: dict[str, Any] = {
         "dataset": run["dataset"],
         "perturbation": run["perturbation"],
@@ -187,15 +187,20 @@ def evaluate_run(run_json_path: str | os.PathLike, volume_dir: str | os.PathLike
 
 
 def check_scorable(volume_dir: str | os.PathLike) -> None:
-    """Raise :class:`InputError` when :func:`evaluate_run` could not score a reconstruction of this
-    volume: its meta.json, references, labels or ``metric_extras`` are unreadable or malformed.
-    The reconstruct job calls it before the method runs, so that no reconstruction time is spent
-    on a volume whose result cannot be scored."""
-    _metric_extras(io.load_volume(volume_dir), Path(volume_dir))  # load_volume checks the files
+    """Raise :class:`InputError` when the volume's meta.json would stop :func:`evaluate_run`
+    (unreadable, or ``metric_extras`` not an object).  The reconstruct job calls it before the
+    method runs; the volume's files (field, mask, references, labels) are read and checked by the
+    runner's own load before the method runs too, so no reconstruction time is spent on a volume
+    whose result cannot be scored -- and the volume is not read once more for the check."""
+    volume_dir = Path(volume_dir)
+    meta = io.read_json(volume_dir / io.META)
+    if not isinstance(meta, Mapping):
+        raise InputError(f"{volume_dir / io.META} must hold a JSON object")
+    _metric_extras(meta, volume_dir)
 
 
-def _metric_extras(vol, volume_dir: Path) -> Mapping[str, Any]:
-    extras = vol.meta.get("metric_extras", {})
+def _metric_extras(meta: Mapping[str, Any], volume_dir: Path) -> Mapping[str, Any]:
+    extras = meta.get("metric_extras", {})
     if not isinstance(extras, Mapping):
         raise InputError(f"{volume_dir / io.META}: 'metric_extras' must be an object, "
                          f"got {type(extras).__name__}")

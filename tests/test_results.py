@@ -405,7 +405,18 @@ def test_check_scorable_refuses_what_evaluate_run_could_not_score(tmp_path):
     _with_meta(tmp_path / "vol", metric_extras=[1, 2])
     with pytest.raises(InputError, match=r"meta\.json: 'metric_extras' must be an object, got list"):
         results.check_scorable(tmp_path / "vol")
-    _with_meta(tmp_path / "vol", metric_extras={})
-    (tmp_path / "vol" / f"{io.REFERENCE_PREFIX}chi.nii.gz").write_bytes(b"not a nifti")
-    with pytest.raises(InputError, match=r"ref.*chi\.nii\.gz"):
+    (tmp_path / "vol" / "meta.json").write_text("[]")
+    with pytest.raises(InputError, match=r"meta\.json must hold a JSON object"):
         results.check_scorable(tmp_path / "vol")
+
+
+def test_a_corrupt_reference_stops_the_job_before_the_method_runs(tmp_path):
+    """The volume's files are checked by the runner's load, before any reconstruction."""
+    from qsmbench import runner
+
+    make_volume(tmp_path / "vol", "ph")
+    (tmp_path / "vol" / f"{io.REFERENCE_PREFIX}chi.nii.gz").write_bytes(b"not a nifti")
+    results.check_scorable(tmp_path / "vol")  # meta.json alone is fine
+    with pytest.raises(InputError, match=r"reference-chi\.nii\.gz"):
+        runner.run_job(tmp_path / "vol", tmp_path / "recon" / "run.json", run_id="tkd", method="tkd")
+    assert not (tmp_path / "recon").exists()
