@@ -713,7 +713,9 @@ def medi_discrepancy(rdf_rad: np.ndarray, mask: np.ndarray, voxel_size_mm: Seque
        the evaluated solution nearest in ``ln lam`` and runs at most ``search_max_iter``
        Gauss-Newton iterations.
     3. The full solve (``solver``'s iteration limits) at the chosen ``lam``, warm-started the
-       same way.  Returns its result, the search and the noise estimate.
+       same way -- unless the search already evaluated that ``lam`` and its Gauss-Newton stopped
+       by its convergence test (then that solve *is* the full solve from its warm start), or it is
+       ``lam_start``.  Returns its result, the search and the noise estimate.
     """
     solved: dict[float, MEDIResult] = {}
     state: dict[str, PhaseNoise] = {}
@@ -734,14 +736,28 @@ def medi_discrepancy(rdf_rad: np.ndarray, mask: np.ndarray, voxel_size_mm: Seque
     state["noise"] = noise
     target = tau * noise.expected_residual
 
+    def evaluated(lam: float) -> float | None:
+        # the search proposes exp(ln lam): the start comes back as e.g. 999.9999999999998
+        return next((v for v in solved if abs(math.log(v / lam)) < 1e-9), None)
+
     def evaluate(lam: float) -> float:
-        if lam not in solved:
-            solved[lam] = run(lam, search_max_iter)
-        return float(solved[lam].residual)
+        key = evaluated(lam)
+        if key is None:
+            key = lam
+            solved[key] = run(lam, search_max_iter)
+        return float(solved[key].residual)
 
     search = discrepancy_search(evaluate, target, lam_start, lam_min=lam_min, lam_max=lam_max,
                                 tol=search_tol, max_evals=search_max_evals)
-    final = first if search.lam == float(lam_start) else run(search.lam, None)
+    key = evaluated(search.lam)
+    if key == float(lam_start):
+        final = first
+    elif key is not None and solved[key].converged:
+        # Gauss-Newton stopped by its own test within search_max_iter: a full solve from the
+        # same warm start would repeat these iterations exactly and stop at the same point
+        final = solved[key]
+    else:
+        final = run(search.lam, None)
     return final, search, noise
 
 
@@ -797,8 +813,10 @@ class MEDI(Method):
       std sigma returns sigma).  Search: :func:`medi_discrepancy` -- a full solve at ``lam``
       (1000) from zero, then a secant in ``ln lam`` with warm starts and ``search_max_iter``
       Gauss-Newton steps per evaluation (stop when within ``search_tol``), then the full solve at
-      the chosen ``lam``.  The chosen ``lam``, ``sigma_w``, target and final residual go to
-      ``run.json``'s ``info``.  ``"fixed"`` is the toolbox's reading (``lam`` as given).
+      the chosen ``lam`` (none when the search's solve there already stopped by the Gauss-Newton
+      convergence test: that solve is the full solve from its warm start).  The chosen ``lam``,
+      ``sigma_w``, target and final residual go to ``run.json``'s ``info``.  ``"fixed"`` is the
+      toolbox's reading (``lam`` as given).
       Measured cost and accuracy: ``tests/benchmarks/bench_medi_lambda.py`` (tune seeds).
 
     Parameters

@@ -550,6 +550,48 @@ def test_discrepancy_does_not_explode_at_low_snr(noisy_phantoms):
     assert disc < 0.6 * fixed and disc <= tkd, (disc, fixed, tkd)
 
 
+def test_discrepancy_solves_each_lambda_once_and_reuses_a_converged_search_solve(noisy_phantoms, monkeypatch):
+    """The search proposes exp(ln lam): the start comes back as 999.99..., which must not be solved
+    again; and when the search's solve at the chosen lambda stopped by its convergence test, it is
+    the final solve (a full solve from the same warm start would repeat it exactly)."""
+    _, noisy = noisy_phantoms
+    vol = noisy[40]
+    rdf = physics.ppm_to_rad(vol.field_ppm, vol.b0_tesla, vol.te_s)
+    calls = []
+    real = medi.medi_l1
+
+    def counting(*args, **kw):
+        result = real(*args, **kw)
+        calls.append({"lam": kw["lam"], "max_iter": kw.get("max_iter"), "x0": kw.get("x0"), "result": result})
+        return result
+
+    monkeypatch.setattr(medi, "medi_l1", counting)
+    final, search, _ = medi.medi_discrepancy(rdf, vol.mask, vol.voxel_size_mm, vol.b0_dir,
+                                             magnitude=vol.magnitude, lam_start=1000.0, tau=0.5)
+    assert calls[0]["lam"] == 1000.0 and calls[0]["x0"] is None and calls[0]["max_iter"] is None
+    assert search.trace[0]["residual"] == calls[0]["result"].residual
+    # one solve per evaluated lambda (the start is not solved again) ...
+    searched = [c for c in calls if c["max_iter"] is not None]
+    assert len(searched) == len(search.trace) - 1
+    assert all(abs(np.log(c["lam"] / calls[0]["lam"])) > 1e-6 for c in searched)
+    at_chosen = [c for c in searched if c["lam"] == pytest.approx(search.lam, rel=1e-9)]
+    # ... and no extra solve when the search's solve at the chosen lambda converged (here it does,
+    # in one Gauss-Newton step): it is bitwise what a full solve from its warm start gives
+    assert search.converged and len(at_chosen) == 1 and at_chosen[0]["result"].converged
+    assert final is at_chosen[0]["result"] and len(calls) == len(search.trace)
+    again = real(rdf, vol.mask, vol.voxel_size_mm, vol.b0_dir, magnitude=vol.magnitude, lam=search.lam,
+                 x0=at_chosen[0]["x0"])
+    np.testing.assert_array_equal(again.x_rad, final.x_rad)
+    # a search solve stopped by its iteration limit is not final: the full solve follows, warm-started
+    calls.clear()
+    final, search, _ = medi.medi_discrepancy(rdf, vol.mask, vol.voxel_size_mm, vol.b0_dir, magnitude=vol.magnitude,
+                                             lam_start=1000.0, tau=0.5, search_max_iter=1, tol_norm_ratio=1e-9,
+                                             max_iter=3)
+    assert not calls[-2]["result"].converged and calls[-2]["max_iter"] == 1
+    assert calls[-1]["max_iter"] == 3 and final is calls[-1]["result"]      # the solver's own limit
+    assert calls[-1]["x0"] is not None and len(calls) == len(search.trace) + 1
+
+
 def test_discrepancy_keeps_odd_symmetry(noisy_phantoms):
     _, noisy = noisy_phantoms
     vol = noisy[40]
