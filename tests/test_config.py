@@ -20,6 +20,19 @@ def test_default_and_paper_configs_validate():
     assert set(method_runs(cfg)) >= {"tkd", "cfl2", "tkd_shmueli"}
 
 
+def test_the_default_config_runs_every_builtin_method_and_the_orientation_comparison():
+    """The default table holds every shipped method, and the supervised baseline's weakness (a B0
+    orientation it never saw) next to INR-QSM-fast's at the same tilt (issue 20)."""
+    from qsmbench.config import run_accepts
+
+    cfg = load_config("config/config.yaml")
+    methods = {spec["method"] for spec in method_runs(cfg).values()}
+    assert methods >= {"tkd", "cfl2", "ilsqr", "medi", "uqsm", "inr_qsm", "qsmnet"}
+    for run_id in ("qsmnet", "inr_qsm_fast", "tkd", "medi", "uqsm"):
+        assert run_accepts(cfg, run_id, "none") and run_accepts(cfg, run_id, "orient-45"), run_id
+    assert not run_accepts(cfg, "qsmnet", "noise-snr10-seed1")
+
+
 def test_method_runs_fill_defaults():
     # no profile key: auto, the default of the schema and of config/config.yaml (paper on CUDA, quick on the CPU)
     runs = method_runs(validate_config(GOOD))
