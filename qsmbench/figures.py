@@ -860,6 +860,11 @@ def _draw_degradation(axes_row, axis, labels, methods, metric_list, series, meta
             data = np.array([list(s)[:4] for s in series[metric, method]], dtype=float).reshape(-1, 4)
             st = style_of(styles, method)
             ax.plot(x, data[:, 0], marker=st.marker, ms=4.5, lw=1.6, color=st.colour, label=st.label)
+            ran = np.flatnonzero(np.isfinite(data[:, 0]))
+            if len(ran) >= 2 and ran[-1] - ran[0] + 1 > len(ran):
+                # a method limited to some levels (methods.<run>.perturbations): a dotted line joins
+                # the levels it ran, across those it did not (no value is drawn there)
+                ax.plot(x[ran], data[ran, 0], ls=":", lw=1.2, color=st.colour, label="_nolegend_")
             band = data[:, 3] > 1
             if band.any():
                 ax.fill_between(x, np.where(band, data[:, 1], np.nan), np.where(band, data[:, 2], np.nan),

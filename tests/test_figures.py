@@ -131,6 +131,17 @@ def test_degradation_series_and_bands():
     assert len(ax.collections) == 2  # one CI band per method
     assert ax.get_ylabel() == "nrmse (%), lower is better"
     figures.export(fig)
+    # a method that skipped the middle level: markers where it ran, a dotted join across the gap
+    gap = dict(series)
+    gap["nrmse", "cfl2"] = [series["nrmse", "cfl2"][0], (math.nan, math.nan, math.nan, 0), (70.0, 70.0, 70.0, 1)]
+    fig = figures.degradation_figure("t", "noise", ["none", "SNR 10", "30°"], ["cfl2", "tkd"], ["nrmse"], gap,
+                                     {"nrmse": ("%", "lower")}, styles)
+    lines = fig.axes[0].get_lines()
+    dotted = [ln for ln in lines if ln.get_linestyle() == ":"]
+    assert len(dotted) == 1 and dotted[0].get_color() == styles["cfl2"].colour
+    assert list(dotted[0].get_xdata()) == [0, 2] and list(dotted[0].get_ydata()) == [60.0, 70.0]
+    assert [ln.get_label() for ln in lines if not ln.get_label().startswith("_")] == ["CFL2", "TKD"]
+    figures.export(fig)
 
 
 def test_cost_figure_names_the_device_and_shows_gpu_memory():
