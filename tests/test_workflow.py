@@ -129,7 +129,7 @@ MY_CONFIG = {"datasets": {"ph": {"type": "phantom", "shape": [24, 24, 20], "voxe
 
 def repo_like(workdir: Path) -> Path:
     """A working directory holding the repository's config/ (config/config.yaml: the default with
-    its own dataset and eight methods, one of whose perturbation filters names a perturbation
+    its own dataset and nine method runs, some of whose perturbation filters name perturbations
     MY_CONFIG does not have): a user's --configfile there must replace it, never merge with it."""
     workdir.mkdir(parents=True, exist_ok=True)
     shutil.copytree(ROOT / "config", workdir / "config")
@@ -167,6 +167,13 @@ def test_configfile_replaces_the_default_dry_run(tmp_path):
     runs = {w.split("run=")[1] for w in planned_jobs(proc.stdout + proc.stderr)["reconstruct"]}
     default = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     assert runs == set(default["methods"])
+    # its two training runs (uqsm, qsmnet) take turns: each pretrain job holds the `training`
+    # resource, which the default profile limits to 1, so they never hold both cores together
+    pretrain = re.findall(r"rule pretrain:.*?wildcards: run=(\w+).*?resources: ([^\n]*)", proc.stdout + proc.stderr,
+                          re.S)
+    assert sorted(run for run, _ in pretrain) == ["qsmnet", "uqsm"]
+    assert all(re.search(r"\btraining=1\b", res) for _, res in pretrain), pretrain
+    assert yaml.safe_load((ROOT / "profiles" / "default" / "config.yaml").read_text())["resources"] == ["training=1"]
 
 
 @pytest.mark.slow

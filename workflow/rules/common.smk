@@ -226,8 +226,9 @@ def pretrain_threads(wildcards):
     """Threads of a training job.  Training is the run's critical path (its reconstructions wait
     for it) but must not serialise the run: locally it gets half of --cores (at least 1, at most
     8), so the classical jobs, which do not depend on it, run beside it on the other half (with 2
-    cores: one each).  On a cluster (--jobs, executor nodes) each job has its node: 8.  Override
-    with --set-threads pretrain=N."""
+    cores: one each).  Several training runs take turns (resource `training`, limited to 1 by
+    profiles/default), so together they never hold every core.  On a cluster (--jobs, executor
+    nodes) each job has its node: 8.  Override with --set-threads pretrain=N."""
     if workflow.resource_settings.nodes is not None:
         return 8
     try:

@@ -27,6 +27,7 @@ rule pretrain:
     priority: 10  # first when jobs compete: the trained runs' reconstructions wait for it
     resources:
         **GPU_JOB_RESOURCES,  # gpu=1 for GPU-capable methods, else none (resources.smk)
+        training=1,  # one training at a time on a local run (profiles/default: --resources training=1)
         mem_mb=16000,  # the paper profile simulates 24 phantoms of up to 176^3 on a 2x finer grid
         runtime=240,
     script:
