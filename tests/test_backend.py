@@ -134,7 +134,14 @@ def test_methods_agree_with_numpy(torch_backend, phantom, name, params):
     if name == "ilsqr":
         assert ref.notes == m.notes or ref.notes[0].split("relres")[0] == m.notes[0].split("relres")[0]
     if name == "medi":
-        assert [e["cg_iterations"] for e in ref.result.history] == [e["cg_iterations"] for e in m.result.history]
+        # the same path: the lambda search's steps and the Gauss-Newton iterations; CG stops where its
+        # relative residual crosses cg_tol, which float32 rounding in two FFT libraries moves by a few
+        # iterations (here 80 vs 78 of at most 100), so CG counts agree to within 5 %
+        assert [t["lam"] for t in m.info["search_trace"]] == \
+            pytest.approx([t["lam"] for t in ref.info["search_trace"]], rel=1e-5)
+        assert len(ref.result.history) == len(m.result.history)
+        for a, b in zip(ref.result.history, m.result.history, strict=True):
+            assert abs(a["cg_iterations"] - b["cg_iterations"]) <= 0.05 * a["cg_iterations"], (a, b)
 
 
 def test_ilsqr_steps_agree(torch_backend, phantom):
