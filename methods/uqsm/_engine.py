@@ -49,7 +49,7 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type == "cpu":
             # oneDNN's 3-D convolutions with few channels run ~30 % faster channels-last on a
-            # CPU (training step, 1 thread); the same arithmetic per output voxel
+            # CPU (training step, 1 thread); the same network, only the float rounding differs
             x = x.contiguous(memory_format=torch.channels_last_3d)
         skips = []
         for i, conv in enumerate(self.down):
