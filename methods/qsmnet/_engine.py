@@ -80,10 +80,7 @@ class QSMnetUNet(nn.Module):
         return 2 ** (len(self.down) - 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu":
-            # oneDNN's 3-D convolutions with few channels run ~30 % faster channels-last on a
-            # CPU (training step, 1 thread); the same network, only the float rounding differs
-            x = x.contiguous(memory_format=torch.channels_last_3d)
+        x = uqsm_engine().channels_last_on_cpu(x)
         skips = []
         for i, block in enumerate(self.down):
             if i:
