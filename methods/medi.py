@@ -750,11 +750,9 @@ def medi_discrepancy(rdf_rad: np.ndarray, mask: np.ndarray, voxel_size_mm: Seque
     search = discrepancy_search(evaluate, target, lam_start, lam_min=lam_min, lam_max=lam_max,
                                 tol=search_tol, max_evals=search_max_evals)
     key = evaluated(search.lam)
-    if key == float(lam_start):
-        final = first
-    elif key is not None and solved[key].converged:
-        # Gauss-Newton stopped by its own test within search_max_iter: a full solve from the
-        # same warm start would repeat these iterations exactly and stop at the same point
+    if key is not None and (key == float(lam_start) or solved[key].converged):
+        # the start's full solve, or a search solve whose Gauss-Newton stopped by its own test: a
+        # full solve from the same warm start would repeat those iterations and stop there too
         final = solved[key]
     else:
         final = run(search.lam, None)
