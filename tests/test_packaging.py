@@ -112,9 +112,9 @@ def test_every_rules_conda_names_an_env_file_that_exists():
         assert (ROOT / "workflow" / "rules" / rel).resolve().is_file(), name
     rules = rules_and_envs()
     methods_run = {"reconstruct", "pretrain", "tune_candidate", "reconstruct_tuned"}  # the rules that run a method
-    assert {r for r, e in rules.items() if e == "run_env"} == methods_run
+    assert {r for r, e in rules.items() if e in ("run_env", "RUN_ENV")} == methods_run
     for rule, env in rules.items():
-        assert env in ("ENV_CORE", "run_env"), f"rule {rule}: conda: {env}"
+        assert env in ("ENV_CORE", "run_env", "RUN_ENV"), f"rule {rule}: conda: {env}"
     assert "return ENV_DL if wildcards.run in DL_RUNS else ENV_CORE" in common
 
 

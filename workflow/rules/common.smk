@@ -9,6 +9,7 @@ sys.path.insert(0, str(Path(workflow.basedir)))
 
 import json  # noqa: E402
 import re  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
 
 from snakemake.logging import logger  # noqa: E402
 
@@ -220,6 +221,31 @@ def reconstruct_timeout_s(wildcards):
 def reconstruct_runtime(wildcards):
     """Scheduler runtime (minutes): the run's time limit plus a margin for loading and writing."""
     return int(reconstruct_timeout_s(wildcards) // 60) + 10
+
+
+def per_run(fn):
+    """A directive value for the rules that run a method, from ``fn(wildcards)`` of each run (only
+    ``wildcards.run`` may be read): the value itself when every run of the config has the same, else
+    a function of the job's {run} that looks it up.  Snakemake calls a directive's function again
+    for each job, with some 30 µs of bookkeeping around every call, and these rules have several:
+    on a 10,000-job grid of one method that is a tenth of the dry run (tests/benchmarks/bench_dag.py).
+    Each run's value is computed here once, so a run's function also runs once, not once per job."""
+    values = {run: fn(SimpleNamespace(run=run)) for run in RUNS}
+    distinct = {json.dumps(v, sort_keys=True, default=str) for v in values.values()}
+    if len(distinct) == 1:
+        return next(iter(values.values()))
+    return lambda wildcards: values[wildcards.run]
+
+
+# Per-run directives of reconstruct (and of the tuning rules): constants where the runs agree
+RUN_ENV = per_run(run_env)
+RUN_CONTAINER = per_run(run_container)
+RUN_TIMEOUT_S = per_run(reconstruct_timeout_s)
+RUN_MEM_MB = per_run(reconstruct_mem_mb)
+RUN_RUNTIME = per_run(reconstruct_runtime)
+# the χ map of an imported run (imported_map reads the dataset and perturbation too): no input at
+# all when no run of the config is imported
+IMPORTED_MAP = imported_map if any(getattr(run_class(r), "imported", False) for r in RUNS) else []
 
 
 def pretrain_threads(wildcards):

@@ -1,8 +1,8 @@
 rule reconstruct:
     input:
         volume_meta,
-        pretrained=lambda wildcards: PRETRAINED.get(wildcards.run, []),  # pretrain.smk
-        imported=imported_map,  # method type precomputed: the χ map (common.smk)
+        pretrained=per_run(lambda wildcards: PRETRAINED.get(wildcards.run, [])),  # pretrain.smk; per_run: common.smk
+        imported=IMPORTED_MAP,  # method type precomputed: the χ map (imported_map, common.smk)
     output:
         run="results/recon/{dataset}/{perturbation}/{run}/run.json",
         # scored in the same job (evaluate.smk): one job per run, not two -- half the DAG of a big
@@ -13,17 +13,17 @@ rule reconstruct:
         run=lambda wildcards: RUNS[wildcards.run],
         device=config.get("device", "auto"),
         method_dirs=config.get("method_dirs", []),
-        timeout_s=reconstruct_timeout_s,
+        timeout_s=RUN_TIMEOUT_S,
     log:
         "logs/recon/{dataset}/{perturbation}/{run}.log",
     conda:
-        run_env  # the deep-learning environment for torch/GPU methods, else the core one (common.smk)
+        RUN_ENV  # the deep-learning environment for torch/GPU methods, else the core one (run_env, common.smk)
     container:
-        run_container  # a command plugin's image (its spec's container:), else none
+        RUN_CONTAINER  # a command plugin's image (its spec's container:), else none
     threads: config.get("threads", 1)
     resources:
-        mem_mb=reconstruct_mem_mb,
+        mem_mb=RUN_MEM_MB,
         **GPU_JOB_RESOURCES,  # gpu=1 for GPU-capable methods (SLURM plugin: --gpus=1), else none (resources.smk)
-        runtime=reconstruct_runtime,
+        runtime=RUN_RUNTIME,
     script:
         "../scripts/reconstruct.py"

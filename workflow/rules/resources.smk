@@ -26,9 +26,11 @@ CLUSTER_RESOURCES = {res: CLUSTER[key] for res, key in (("slurm_partition", "par
                      if CLUSTER.get(key)}
 
 # GPUs of a reconstruct/pretrain job: 1 for a GPU-capable method unless device is cpu (reconstruct_gpus,
-# common.smk), else None -- no `gpu` resource at all, so the scheduler is asked for none
-GPU_JOB_RESOURCES = {**CLUSTER_RESOURCES, "gpu": lambda wildcards: reconstruct_gpus(wildcards) or None}
+# common.smk), else None -- no `gpu` resource at all, so the scheduler is asked for none.  per_run
+# (common.smk): a constant where every run agrees; a config without GPU runs has no `gpu` key at all.
+GPU_JOB_RESOURCES = {**CLUSTER_RESOURCES, "gpu": per_run(lambda wildcards: reconstruct_gpus(wildcards) or None)}
 if CLUSTER.get("gpu_partition"):
     # cluster.gpu_partition for the jobs that request a GPU, else cluster.partition (or the default)
-    GPU_JOB_RESOURCES["slurm_partition"] = lambda wildcards: (
-        CLUSTER["gpu_partition"] if reconstruct_gpus(wildcards) else CLUSTER.get("partition"))
+    GPU_JOB_RESOURCES["slurm_partition"] = per_run(lambda wildcards: (
+        CLUSTER["gpu_partition"] if reconstruct_gpus(wildcards) else CLUSTER.get("partition")))
+GPU_JOB_RESOURCES = {k: v for k, v in GPU_JOB_RESOURCES.items() if v is not None}

@@ -22,15 +22,15 @@ rule tune_candidate:
         value=lambda wildcards: TUNING_PLAN[wildcards.run]["candidates"][int(wildcards.index)],
         device=config.get("device", "auto"),
         method_dirs=config.get("method_dirs", []),
-        timeout_s=reconstruct_timeout_s,
+        timeout_s=RUN_TIMEOUT_S,
     log:
         "logs/tune/{dataset}/{perturbation}/{run}/candidate-{index}.log",
     conda:
-        run_env
+        RUN_ENV
     threads: config.get("threads", 1)
     resources:
-        mem_mb=reconstruct_mem_mb,
-        runtime=reconstruct_runtime,
+        mem_mb=RUN_MEM_MB,
+        runtime=RUN_RUNTIME,
         **GPU_JOB_RESOURCES,  # gpu=1 for GPU-capable methods, else none (resources.smk)
     script:
         "../scripts/tune_candidate.py"
@@ -72,15 +72,15 @@ rule reconstruct_tuned:
         run=lambda wildcards: RUNS[wildcards.run],
         device=config.get("device", "auto"),
         method_dirs=config.get("method_dirs", []),
-        timeout_s=reconstruct_timeout_s,
+        timeout_s=RUN_TIMEOUT_S,
     log:
         "logs/tune/{dataset}/{perturbation}/{run}/{mode}.log",
     conda:
-        run_env
+        RUN_ENV
     threads: config.get("threads", 1)
     resources:
-        mem_mb=reconstruct_mem_mb,
-        runtime=reconstruct_runtime,
+        mem_mb=RUN_MEM_MB,
+        runtime=RUN_RUNTIME,
         **GPU_JOB_RESOURCES,  # gpu=1 for GPU-capable methods, else none (resources.smk)
     script:
         "../scripts/reconstruct_tuned.py"
