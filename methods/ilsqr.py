@@ -97,7 +97,8 @@ masked_gradient = operators.masked_gradient
 
 def laplacian_weights(field: np.ndarray, mask: np.ndarray, voxel_size_mm: Sequence[float], *,
                       low_pct: float = 60.0, high_pct: float = 99.9, absolute: bool = True,
-                      adaptive: bool = True, method: str = "hazen", masked: bool = True) -> np.ndarray:
+                      adaptive: bool = True, method: str = "hazen", masked: bool = True,
+                      lap: np.ndarray | None = None) -> np.ndarray:
     """Data weights from the field's Laplacian: ``ramp_weights`` of ``|L|`` (``absolute``, the
     author's routines) or of the signed L, 1 below the ``low_pct`` percentile in the mask, 0 above
     ``high_pct``.  Step 1 uses p60/p99.9, step 3 (the structural weights' factor) p40/p60.
@@ -107,9 +108,13 @@ def laplacian_weights(field: np.ndarray, mask: np.ndarray, voxel_size_mm: Sequen
     routine does (``Wi .* maskErode``): the data term then only covers the mask, where the local
     field is defined.  ``masked=False`` leaves the ramp's value there (L is 0 outside the mask, so
     usually weight 1): the fit then also asks for zero field outside the mask.
+
+    ``lap``: that Laplacian (:func:`qsmbench.operators.masked_laplacian` of ``field``, ``mask``,
+    ``voxel_size_mm`` and ``adaptive``) when already computed -- steps 1 and 3 ramp the same one.
     """
-    return ramp_weights(laplacian(field, mask, voxel_size_mm, adaptive=adaptive), mask,
-                        low_pct, high_pct, absolute=absolute, method=method, zero_outside=masked)
+    if lap is None:
+        lap = laplacian(field, mask, voxel_size_mm, adaptive=adaptive)
+    return ramp_weights(lap, mask, low_pct, high_pct, absolute=absolute, method=method, zero_outside=masked)
 
 
 def structural_weights(x_fs: np.ndarray, mask: np.ndarray, voxel_size_mm: Sequence[float], *,
@@ -618,9 +623,10 @@ def ilsqr(field_ppm: np.ndarray, mask: np.ndarray, voxel_size_mm: Sequence[float
         physics.dipole_kernel(pshape, vs, b0_dir, d0=p["d0"], rfft=True, dtype=np.float32), pshape[2])
 
     # 1. Laplacian-weighted LSQR
+    lap = laplacian(fpad, mpad, vs, adaptive=adaptive)   # step 3's Laplacian weights ramp it too
     w_lap = laplacian_weights(fpad, mpad, vs, low_pct=p["laplacian_low_pct"],
                               high_pct=p["laplacian_high_pct"], absolute=absolute,
-                              adaptive=adaptive, method=method, masked=p["laplacian_weights_masked"])
+                              adaptive=adaptive, method=method, masked=p["laplacian_weights_masked"], lap=lap)
     vec_dtype, fft_dtype = LSQR_PRECISIONS[p["lsqr_precision"]]
     target, noise = None, {}
     if p["lsqr_stop"] == "discrepancy":
@@ -651,7 +657,8 @@ def ilsqr(field_ppm: np.ndarray, mask: np.ndarray, voxel_size_mm: Sequence[float
     if p["structural_laplacian_weights"]:
         w_sar = laplacian_weights(fpad, mpad, vs, low_pct=p["structural_laplacian_low_pct"],
                                   high_pct=p["structural_laplacian_high_pct"], absolute=absolute,
-                                  adaptive=adaptive, method=method, masked=p["structural_weights_masked"])
+                                  adaptive=adaptive, method=method, masked=p["structural_weights_masked"], lap=lap)
+    del lap
     w_g = structural_weights(x_fs, mpad, vs, low_pct=p["gradient_low_pct"], high_pct=p["gradient_high_pct"],
                              absolute=absolute, adaptive=adaptive, bc=p["gradient_bc"], method=method,
                              laplacian_weights=w_sar, masked=p["structural_weights_masked"])
