@@ -9,6 +9,7 @@ the job's declared outputs.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import shutil
 import sys
@@ -16,9 +17,39 @@ import time
 import warnings
 from pathlib import Path
 
+#: glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def retain_freed_memory(mmap_threshold_mb: int = 32, trim_threshold_mb: int = 1024) -> bool:
+    """Let this process reuse the memory it frees instead of handing it back to the kernel (glibc).
+
+    By default glibc serves large blocks (from 128 kB, rising with use) by mmap and returns them
+    -- and free memory at the top of the heap -- to the kernel on free; the next array of that
+    size then faults in fresh zeroed pages.  The workflow's jobs allocate and free arrays of
+    megabytes all the time (a training step's activations, a solver's temporaries): the default
+    run took 26.5 million page faults, most of its ~150 s of system time.  Blocks up to
+    ``mmap_threshold_mb`` now come from the heap, and up to ``trim_threshold_mb`` of free heap is
+    kept.  The peak memory is the same (what is kept is reused, up to the largest working set);
+    results are unchanged (torch aligns its tensors itself; numpy's arithmetic does not depend on
+    where an array lies).  A forked child inherits the setting.  Returns False where there is no
+    glibc (macOS, musl): nothing changes there.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    ok = mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold_mb) << 20)
+    return bool(ok and mallopt(_M_TRIM_THRESHOLD, int(trim_threshold_mb) << 20))
+
 
 @contextlib.contextmanager
 def job(smk, name: str | None = None):
+    retain_freed_memory()
     log_path = smk.log[0] if len(smk.log) else None
     name = name or getattr(smk, "rule", "job")
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
