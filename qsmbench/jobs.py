@@ -30,10 +30,10 @@ def retain_freed_memory(mmap_threshold_mb: int = 32, trim_threshold_mb: int = 10
     megabytes all the time (a training step's activations, a solver's temporaries): the default
     run took 26.5 million page faults, most of its ~150 s of system time.  Blocks up to
     ``mmap_threshold_mb`` now come from the heap, and up to ``trim_threshold_mb`` of free heap is
-    kept.  The peak memory is the same (what is kept is reused, up to the largest working set);
-    results are unchanged (torch aligns its tensors itself; numpy's arithmetic does not depend on
-    where an array lies).  A forked child inherits the setting.  Returns False where there is no
-    glibc (macOS, musl): nothing changes there.
+    kept.  The peak memory stays about the same (what is kept is reused, up to the largest
+    working set): 1.41 GB for the default run, 1.43 GB before; its system time fell from 148 to
+    67 s and its 864 metric values stayed bitwise the same.  A forked child inherits the setting.
+    Returns False where there is no glibc (macOS, musl): nothing changes there.
     """
     if not sys.platform.startswith("linux"):
         return False
