@@ -49,6 +49,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -155,7 +156,11 @@ class BoundedLog:
         ``forked``: the child is a fork, whose stack dumps (faulthandler) continue below its
         entry point with the frames of the parent's stack it was forked from; those are left out
         here (the log keeps them) so that the tail shows the run's own frames."""
-        text = bytes(self._recent).decode("utf-8", "replace").splitlines()
+        # frames that every stack dump of a thread / of `python -m` shares say nothing about the
+        # run and would push its own last output out of the line budget (a timeout's dump of 5
+        # threads is ~40 lines): left out here, the log keeps them
+        text = [ln for ln in bytes(self._recent).decode("utf-8", "replace").splitlines()
+                if not _BOILERPLATE_FRAME.match(ln)]
         if forked:
             kept, skipping = [], False
             for line in text:
@@ -321,6 +326,9 @@ class _ForkedChild:
 
 
 _FORK_ENTRY = "_forked_main"
+#: A stack-dump line of the thread machinery or of ``python -m`` (:meth:`BoundedLog.tail_text`).
+_BOILERPLATE_FRAME = re.compile(r'  File "(?:[^"]*[/\\]threading\.py", line \d+ in (?:run|_bootstrap_inner|_bootstrap)'
+                                r'|<frozen runpy>", line \d+ in (?:_run_code|_run_module_as_main))$')
 
 
 def _forked_main(target: Callable[[], int], cwd: str | os.PathLike, env: Mapping[str, str] | None) -> int:

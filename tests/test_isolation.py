@@ -316,6 +316,30 @@ def test_bounded_log_keeps_head_and_tail(tmp_path):
     assert log.tail_text() == "0123456789abcdefghij\nklmno"  # the last lines of all the output
 
 
+def test_log_tail_keeps_the_runs_last_output_above_a_stack_dump(tmp_path):
+    """A timeout dumps every thread's stack (faulthandler) before the kill: run.json's log_tail
+    keeps the method's last output and the informative frames; the frames every thread shares
+    (threading's bootstrap, ``python -m``) are left out of the tail -- the log keeps them."""
+    boot = ['  File "/usr/lib/python3.11/threading.py", line 982 in run',
+            '  File "/usr/lib/python3.11/threading.py", line 1045 in _bootstrap_inner',
+            '  File "/usr/lib/python3.11/threading.py", line 1002 in _bootstrap']
+    dump = []
+    for i in range(7):
+        dump += [f"Thread 0x{i:016x} (most recent call first):", f'  File "/m/worker.py", line {i + 1} in loop',
+                 *boot, ""]
+    dump += ["Current thread 0x00007f0000000000 (most recent call first):",
+             '  File "/m/solver.py", line 9 in iterate', '  File "<frozen runpy>", line 88 in _run_code',
+             '  File "<frozen runpy>", line 198 in _run_module_as_main']
+    assert len(dump) > isolate.TAIL_LINES
+    log = isolate.BoundedLog(tmp_path / "x.log")
+    log.feed(("entering the solver loop\n" + "\n".join(dump) + "\n").encode())
+    log.close()
+    tail = log.tail_text().splitlines()
+    assert tail[0] == "entering the solver loop" and tail[-1] == '  File "/m/solver.py", line 9 in iterate'
+    assert sum("in loop" in ln for ln in tail) == 7 and not any("threading.py" in ln or "runpy" in ln for ln in tail)
+    assert "_bootstrap_inner" in (tmp_path / "x.log").read_text()
+
+
 # --------------------------------------------------------------------------- the workflow
 def _snakemake(workdir: Path, config: dict, *args: str) -> subprocess.CompletedProcess:
     workdir.mkdir(parents=True, exist_ok=True)
