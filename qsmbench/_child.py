@@ -22,9 +22,6 @@ def main(argv: list[str]) -> int:
     if hasattr(signal, "SIGUSR1"):  # sent on a timeout, just before the kill: shows where it hung
         faulthandler.register(signal.SIGUSR1, all_threads=True)
     from qsmbench.isolate import die_with_parent
-    from qsmbench.jobs import retain_freed_memory
-
-    retain_freed_memory()   # as the workflow's job processes (forked children inherit it)
 
     with open(argv[0]) as fh:
         die_with_parent(int(json.load(fh)["parent_pid"]))

@@ -32,7 +32,8 @@ def retain_freed_memory(mmap_threshold_mb: int = 32, trim_threshold_mb: int = 10
     ``mmap_threshold_mb`` now come from the heap, and up to ``trim_threshold_mb`` of free heap is
     kept.  The peak memory stays about the same (what is kept is reused, up to the largest
     working set): 1.41 GB for the default run, 1.43 GB before; its system time fell from 148 to
-    67 s and its 864 metric values stayed bitwise the same.  A forked child inherits the setting.
+    67 s and its 864 metric values stayed bitwise the same.  Called by every workflow job
+    (:func:`job`) and every isolated method run (:func:`qsmbench.runner.child_main`).
     Returns False where there is no glibc (macOS, musl): nothing changes there.
     """
     if not sys.platform.startswith("linux"):

@@ -583,7 +583,9 @@ def child_main(request_path: str | os.PathLike) -> int:
     map when ok) and a ``done`` marker in the exchange folder.
     """
     from .io import load_volume, read_json  # noqa: PLC0415
+    from .jobs import retain_freed_memory  # noqa: PLC0415
 
+    retain_freed_memory()   # every isolated run, spawned or forked, from the workflow or not
     req = read_json(request_path)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
