@@ -150,6 +150,28 @@ def test_inference_scaling_shape_and_mask(uqsm):
     assert not chi[~vol.mask].any()
 
 
+@pytest.mark.parametrize("which", ["uqsm", "qsmnet"])
+def test_networks_run_channels_last_on_a_cpu_with_the_same_output(uqsm, which):
+    """on_device lays the convolution weights out channels-last on a CPU (the speed-up measured in
+    its docstring); the network computes the same function, to float rounding."""
+    cls = registry.get_method_class(which)
+    engine = importlib.import_module(cls.__module__ + "._engine")
+    p = cls.resolve_parameters(profile="quick")
+    torch.manual_seed(3)
+    plain = engine.build_net(p).eval()
+    moved = engine.on_device(engine.build_net(p), "cpu").eval()
+    moved.load_state_dict(plain.state_dict())
+    convs = [m for m in moved.modules() if isinstance(m, torch.nn.Conv3d)]
+    # (with one input channel or a 1x1x1 kernel both layouts are the same strides)
+    assert convs and all(m.weight.is_contiguous(memory_format=torch.channels_last_3d) for m in convs)
+    assert all(not m.weight.is_contiguous() for m in convs if m.in_channels > 1 and m.kernel_size != (1, 1, 1))
+    x = torch.randn(2, 1, 32, 32, 32)
+    with torch.no_grad():
+        a, b = plain(x), moved(x)
+    assert a.shape == b.shape == x.shape
+    np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-4, atol=1e-5 * float(a.abs().max()))
+
+
 def test_b0_axis_permutation_moves_b0_last_and_back(uqsm):
     _, pkg, _ = uqsm
     assert pkg.b0_axis_permutation((0, 0, 1)) == (0, 1, 2)

@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 
 #: Bump when the training code changes what a given configuration learns (invalidates caches).
 #: 2: channels-last convolutions on the CPU (the same network; float rounding differs).
-TRAINING_CODE_VERSION = "2"
+#: 3: the weights channels-last on the CPU too (_engine.on_device; float rounding differs).
+TRAINING_CODE_VERSION = "3"
 
 #: Parameters that determine the trained weights (the cache key); ``cache`` acts elsewhere.
 TRAINING_KEYS = (
@@ -346,7 +347,7 @@ class QSMnet(Method):
         self.notes.append("supervised on qsmbench phantoms (see trained_on), not on the paper's in-vivo COSMOS data")
         net = engine.build_net(p)
         net.load_state_dict(state)
-        self._net = net.to(self.device).eval()
+        self._net = engine.on_device(net, self.device).eval()
         self.training_record = record
         self.trained_on = self._trained_on()
 

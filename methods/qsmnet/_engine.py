@@ -92,6 +92,11 @@ class QSMnetUNet(nn.Module):
         return self.out(x)
 
 
+def on_device(net: nn.Module, device) -> nn.Module:
+    """``net`` on ``device``, channels-last on a CPU: uQSM's :func:`on_device` (the measured gain is there)."""
+    return uqsm_engine().on_device(net, device)
+
+
 def build_net(p: dict) -> QSMnetUNet:
     return QSMnetUNet(width=p["width"], levels=p["levels"], kernel_size=p["kernel_size"],
                       leaky_slope=p["leaky_slope"], batch_norm=p["batch_norm"])
@@ -257,7 +262,7 @@ class Progress:
 def train(p: dict, pairs: Sequence[TrainPair], *, device: str, seed: int) -> tuple[dict, dict]:
     """Train a fresh network (``p`` = the method's parameters); returns (state_dict, record)."""
     torch.manual_seed(seed)
-    net = build_net(p).to(device)
+    net = on_device(build_net(p), device)
     stats = standardisation(pairs)
     for k, v in stats.items():
         getattr(net, k).fill_(v)

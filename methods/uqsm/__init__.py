@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 #: 2: TV of the masked output, training phantoms from the reserved train seed range, phase_scale.
 #: 3: the phantom model is a parameter (train_model, default "mni"), passed to make_phantom.
 #: 4: channels-last convolutions on the CPU (the same network; float rounding differs).
-TRAINING_CODE_VERSION = "4"
+#: 5: the weights channels-last on the CPU too (_engine.on_device; float rounding differs).
+TRAINING_CODE_VERSION = "5"
 
 #: Parameters that determine the trained weights (the cache key); the others act at inference.
 TRAINING_KEYS = (
@@ -425,7 +426,7 @@ class UQSM(Method):
             _MEMORY[str(path)] = state
         net = engine.build_net(p)
         net.load_state_dict(state)
-        self._net = net.to(self.device).eval()
+        self._net = engine.on_device(net, self.device).eval()
         self.training_record = record
         self.trained_on = self.describe_training(train)
 
