@@ -1,6 +1,7 @@
 """Shared fixtures: tiny volumes built in memory (no network, no GPU)."""
 
 import os
+import sys
 import tempfile
 
 import numpy as np
@@ -11,9 +12,17 @@ from qsmbench.contract import contract_volume
 
 
 def pytest_configure(config):
-    """Trained weights (uQSM, INR warm starts) go to a private cache, never the user's."""
+    """Trained weights (uQSM, INR warm starts) go to a private cache, never the user's (one for all
+    of a run's xdist workers: the method caches write atomically).  Under pytest-xdist (pyproject:
+    ``-n auto``) each worker has one core, so its BLAS/OpenMP/torch pools get one thread: two
+    workers whose torch pools each spin on both cores of a 2-core machine ran several times slower."""
     if "QSMBENCH_CACHE" not in os.environ:
         os.environ["QSMBENCH_CACHE"] = tempfile.mkdtemp(prefix="qsmbench-test-cache-")
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ.setdefault(var, "1")
+        if "torch" in sys.modules:  # already imported (its pools sized): size them now
+            sys.modules["torch"].set_num_threads(1)
 
 
 @pytest.fixture

@@ -16,7 +16,8 @@ jobs by default (each reconstruct job also scores its run).  The metric files ar
 
 Each step runs in its own process; the table gives its wall-clock time, its CPU time (user + system,
 children included: the machine may be shared, so wall time alone can mislead) and its peak resident
-memory (``ru_maxrss``).
+memory (``ru_maxrss``).  The last line adds a fixed pure-Python workload's time (:func:`reference_loop_s`),
+to compare figures measured at different hours on a machine whose speed varies.
 """
 
 from __future__ import annotations
@@ -125,6 +126,22 @@ def bench_aggregate(work: Path, args) -> list[tuple]:
     return [(f"aggregate {args.metric_files} metric files ({rows} rows)", wall, cpu, rss)]
 
 
+def reference_loop_s(repeats: int = 3) -> float:
+    """Seconds of a fixed pure-Python workload (dict, string and list operations, as Snakemake's
+    bookkeeping is), best of ``repeats``: the same machine ran this benchmark up to 1.5x faster in
+    one hour than in another, so a figure is quoted with this one to compare runs across hours."""
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        d: dict = {}
+        for i in range(300_000):
+            key = f"results/recon/ph/noise-snr{i % 8}-seed{i % 50}/tkd_{i % 50:03d}/run.json"
+            d[key] = d.get(key, 0) + len(key.split("/"))
+        sorted(d)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--variants", type=int, default=50, help="TKD runs (methods)")
@@ -150,7 +167,8 @@ def main(argv=None) -> None:
     print(f"\n{'step':<72} {'wall s':>8} {'CPU s':>8} {'peak MB':>8}")
     for name, wall, cpu, rss in rows:
         print(f"{name:<72} {wall:8.1f} {cpu:8.1f} {rss:8.0f}")
-    print(f"(os.cpu_count() = {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}; CPU s includes children)")
+    print(f"(os.cpu_count() = {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}; CPU s includes children; "
+          f"reference loop {reference_loop_s():.2f} s: the machine's speed at the time, smaller is faster)")
 
 
 if __name__ == "__main__":

@@ -26,12 +26,12 @@ if [ "$MODE" = cpu ]; then
     --uqsm-steps 3 --json "$QSMBENCH_GPU_REPORT/smoke.json" > "$OUT/smoke.log" 2>&1 \
     || { cat "$OUT/smoke.log"; echo "gpu_check: the CPU smoke run failed"; exit 1; }
   echo "== tests/gpu is collected and skipped without CUDA:"
-  python -m pytest -q -p no:cacheprovider tests/gpu -rs 2>&1 | tail -3
+  python -m pytest -q -p no:cacheprovider -n 0 tests/gpu -rs 2>&1 | tail -3
 else
   python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
     || { echo "gpu_check: no CUDA device visible to torch; use --cpu-smoke"; exit 2; }
   echo "== tests/gpu (pytest -m gpu)"
-  timeout 240 python -m pytest -q -p no:cacheprovider tests/gpu -m gpu -rs -s > "$OUT/pytest.log" 2>&1
+  timeout 240 python -m pytest -q -p no:cacheprovider -n 0 tests/gpu -m gpu -rs -s > "$OUT/pytest.log" 2>&1
   echo "pytest exit status $? (log tail below)"; tail -5 "$OUT/pytest.log"
   echo "== bench_inr.py --paper-gpu (one subject at 160^3, paper profiles)"
   timeout 240 python tests/benchmarks/bench_inr.py --paper-gpu > "$OUT/bench_inr.txt" 2>&1

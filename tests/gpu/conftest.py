@@ -1,6 +1,7 @@
 """The GPU verification kit: every test here is marked ``gpu`` and skipped, with the reason, where
 no CUDA device is visible (this project's CI and development machines have none).  Run it on a GPU
-machine with ``bash tests/benchmarks/gpu_check.sh`` (or ``pytest tests/gpu -m gpu -rs``)."""
+machine with ``bash tests/benchmarks/gpu_check.sh`` (or ``pytest -n 0 tests/gpu -m gpu -rs -s``: one
+process for the one GPU)."""
 
 import json
 import os
