@@ -160,6 +160,48 @@ def cache_function_signatures() -> bool:
     return True
 
 
+def skip_job_info_nobody_reads(cls=None) -> bool:
+    """Make Snakemake skip describing a job when every log handler would drop the description.
+
+    For every job it runs or dry-runs, Snakemake (9.x) builds the job's description (input,
+    output and log files, wildcards, resources, the reason it runs) and logs it as a JOB_INFO
+    event, which its own handlers drop under ``--quiet rules``: on the 10,000-job grid of
+    tests/benchmarks/bench_dag.py that was 2.6-3.0 s of a 16-20 s dry run (and as much again
+    in a slow hour).  With ``rules`` among the quiet settings and no logger plugin attached (a
+    plugin sees every event) the description is not built; otherwise Snakemake's own
+    ``Job.log_info`` runs, as before.  Called once from the workflow
+    (workflow/rules/resources.smk); returns False, changing nothing, when this Snakemake lacks
+    the pieces (``Job.log_info``, ``Quietness.RULES``).
+    """
+    try:
+        from snakemake.settings.enums import Quietness  # noqa: PLC0415
+    except ImportError:
+        return False
+    if cls is None:  # the argument: for tests
+        try:
+            import snakemake.jobs as sm_jobs  # noqa: PLC0415
+        except ImportError:
+            return False
+        cls = getattr(sm_jobs, "Job", None)
+    original = getattr(cls, "log_info", None)
+    rules = getattr(Quietness, "RULES", None)
+    if original is None or rules is None:
+        return False
+    if getattr(original, "_qsmbench_quiet", False):
+        return True
+
+    def log_info(self, *args, **kwargs):
+        manager = getattr(getattr(getattr(self, "dag", None), "workflow", None), "logger_manager", None)
+        quiet = getattr(getattr(manager, "settings", None), "quiet", None) or ()
+        if rules in quiet and not getattr(manager, "plugin_handlers", True):
+            return None
+        return original(self, *args, **kwargs)
+
+    log_info._qsmbench_quiet = True
+    cls.log_info = log_info
+    return True
+
+
 def check_scripts_once_per_rule(cls=None) -> bool:
     """Make Snakemake check that a rule's ``script:`` file is readable once per rule, not per job.
 

@@ -175,6 +175,55 @@ def test_cached_function_signatures_match_inspect():
         {"input": 1, "threads": 2}
 
 
+def test_job_descriptions_are_skipped_only_when_every_handler_drops_them():
+    from types import SimpleNamespace
+
+    from snakemake.settings.enums import Quietness
+
+    from qsmbench.jobs import skip_job_info_nobody_reads
+
+    described = []
+
+    class Job:
+        def __init__(self, quiet, plugins):
+            settings = SimpleNamespace(quiet=quiet)
+            manager = SimpleNamespace(settings=settings, plugin_handlers=plugins)
+            self.dag = SimpleNamespace(workflow=SimpleNamespace(logger_manager=manager))
+
+        def log_info(self, indent=False, printshellcmd=True):
+            described.append((indent, printshellcmd))
+
+    assert skip_job_info_nobody_reads(Job) and skip_job_info_nobody_reads(Job)  # idempotent
+    Job({Quietness.RULES}, []).log_info()                          # --quiet rules: nobody reads it
+    Job({Quietness.RULES, Quietness.PROGRESS}, []).log_info(True)  # ... nor here
+    assert described == []
+    Job(set(), []).log_info(True, False)                           # not quiet: described, as before
+    Job({Quietness.PROGRESS}, []).log_info()                       # quiet about something else
+    Job({Quietness.ALL}, []).log_info()                            # -q: a dry run still shows jobs
+    Job({Quietness.RULES}, [object()]).log_info()                  # a logger plugin sees every event
+    assert described == [(True, False), (False, True), (False, True), (False, True)]
+
+
+def test_a_dry_run_still_describes_every_job_unless_told_to_be_quiet(tmp_path):
+    """The workflow with the skip installed: ``-n`` lists each job with its resources, ``-n --quiet
+    rules`` only the job counts."""
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "datasets": {"ph": {"type": "phantom", "model": "analytic", "shape": [24, 24, 24],
+                            "voxel_size_mm": [2.0, 2.0, 2.0], "seed": 1}},
+        "perturbations": ["none"], "methods": {"tkd": {}, "cfl2": {}}, "device": "cpu"}))
+    base = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
+            "--configfile", str(cfg), "--cores", "1", "-n"]
+    loud = subprocess.run(base, capture_output=True, text=True, cwd=ROOT)
+    quiet = subprocess.run(base + ["--quiet", "rules"], capture_output=True, text=True, cwd=ROOT)
+    assert loud.returncode == 0 and quiet.returncode == 0, loud.stderr[-2000:] + quiet.stderr[-2000:]
+    loud_text, quiet_text = loud.stdout + loud.stderr, quiet.stdout + quiet.stderr
+    assert loud_text.count("rule reconstruct:") == 2
+    assert "wildcards: dataset=ph, perturbation=none, run=tkd" in loud_text
+    assert "mem_mb=" in loud_text
+    assert "rule reconstruct:" not in quiet_text and "reconstruct" in quiet_text  # the job stats table
+
+
 def test_scripts_are_checked_once_per_rule_unless_their_path_has_wildcards():
     from types import SimpleNamespace
 

@@ -11,13 +11,15 @@
 # Grouping of the many tiny jobs (evaluate, perturb) into few submissions is a matter of the
 # cluster profiles (workflow/profiles/*/config.yaml: groups, group-components); local runs ignore it.
 
-from qsmbench.jobs import cache_function_signatures, check_scripts_once_per_rule  # noqa: E402
+from qsmbench.jobs import cache_function_signatures, check_scripts_once_per_rule, skip_job_info_nobody_reads  # noqa: E402
 
 # DAG time of big grids (tests/benchmarks/bench_dag.py): Snakemake inspects the signature of every
-# input function / resource callable again for every job, and reads every job's script file to
-# check it is there; remember each function's signature, and check each rule's script once.
+# input function / resource callable again for every job, reads every job's script file to check
+# it is there, and describes every job even under --quiet rules; remember each function's
+# signature, check each rule's script once, and describe a job only when someone reads it.
 cache_function_signatures()
 check_scripts_once_per_rule()
+skip_job_info_nobody_reads()
 
 CLUSTER = config.get("cluster") or {}
 
