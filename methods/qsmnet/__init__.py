@@ -129,7 +129,7 @@ class QSMnet(Method):
     Profiles: ``paper`` (the defaults: the paper's network and schedule on 24 phantoms of
     160x192x160 at 1 mm; meant for a GPU -- hours on a CPU); ``quick`` (CI and the offline default
     run: 8-16-32-64 channels, 3^3 kernels, 32^3 patches, 300 steps of 4 patches, 4 phantoms of
-    80x96x80 at 2 mm, the default benchmark grid; ~2 min on 2 threads, ~3.5 min on 1 as in the default run).
+    80x96x80 at 2 mm, the default benchmark grid; 1.5-3 min on 1 thread as in the default run).
     """
 
     name = "qsmnet"

@@ -194,7 +194,7 @@ class UQSM(Method):
     a GPU); ``quick`` (CI and the offline default run: 8-16-32-64-128 channels, 48^3 patches,
     8 epochs x 50 steps of 2 patches at learning rate 1e-3, 8 phantoms of 64-96 voxels per axis,
     alternately at 1 mm (a field of view through the brain, the resolution of in-vivo data) and
-    2 mm (whole heads, the default run's resolution); about 2.5 minutes on 2 idle CPU cores, chosen
+    2 mm (whole heads, the default run's resolution); 2-4 minutes on 1 CPU core (130 s in a fast hour), chosen
     on tuning-range phantoms, see :attr:`tuned_on`: trained at 1 mm only it stayed behind TKD at
     both resolutions); ``cpu`` (12 channels,
     10 x 60 steps, 12 phantoms of 64-112 voxels: a few minutes on 2 idle cores).  Patches smaller

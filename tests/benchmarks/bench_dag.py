@@ -128,8 +128,9 @@ def bench_aggregate(work: Path, args) -> list[tuple]:
 
 def reference_loop_s(repeats: int = 3) -> float:
     """Seconds of a fixed pure-Python workload (dict, string and list operations, as Snakemake's
-    bookkeeping is), best of ``repeats``: the same machine ran this benchmark up to 1.5x faster in
-    one hour than in another, so a figure is quoted with this one to compare runs across hours."""
+    bookkeeping is), best of ``repeats``: the same machine ran this benchmark 1.8x faster in one
+    hour than in another (31.8 and 18.0 s, the same code), so a figure is quoted with this one to
+    compare runs across hours."""
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
