@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib
 import logging
 import shutil
 import sys
@@ -160,6 +161,15 @@ def cache_function_signatures() -> bool:
     return True
 
 
+def _snakemake_attr(module: str, name: str):
+    """``module.name`` of this Snakemake, or None when the module or the attribute is missing (the
+    shims below then change nothing)."""
+    try:
+        return getattr(importlib.import_module(module), name, None)
+    except ImportError:
+        return None
+
+
 def skip_job_info_nobody_reads(cls=None) -> bool:
     """Make Snakemake skip describing a job when every log handler would drop the description.
 
@@ -179,11 +189,7 @@ def skip_job_info_nobody_reads(cls=None) -> bool:
     except ImportError:
         return False
     if cls is None:  # the argument: for tests
-        try:
-            import snakemake.jobs as sm_jobs  # noqa: PLC0415
-        except ImportError:
-            return False
-        cls = getattr(sm_jobs, "Job", None)
+        cls = _snakemake_attr("snakemake.jobs", "Job")
     original = getattr(cls, "log_info", None)
     rules = getattr(Quietness, "RULES", None)
     if original is None or rules is None:
@@ -215,11 +221,7 @@ def check_scripts_once_per_rule(cls=None) -> bool:
     changing nothing, when this Snakemake lacks the hook (``snakemake.dag.ScriptProcessor``).
     """
     if cls is None:  # the argument: for tests
-        try:
-            import snakemake.dag as dag  # noqa: PLC0415
-        except ImportError:
-            return False
-        cls = getattr(dag, "ScriptProcessor", None)
+        cls = _snakemake_attr("snakemake.dag", "ScriptProcessor")
     original = getattr(cls, "process_job", None)
     if original is None or not hasattr(cls, "script_type"):
         return False
