@@ -176,12 +176,20 @@ CUBLAS_WORKSPACE_CONFIG = ":4096:8"
 def deterministic_torch() -> dict[str, Any]:
     """Switch on PyTorch's deterministic modes (importing torch); returns what was set, for run.json.
 
-    ``torch.use_deterministic_algorithms(True, warn_only=True)`` (an operation without a
+    What ``torch.use_deterministic_algorithms(True, warn_only=True)`` sets (an operation without a
     deterministic implementation warns instead of failing), ``cudnn.benchmark = False`` (no
     autotuner choosing kernels by timing), ``cudnn.deterministic = True`` and
     ``CUBLAS_WORKSPACE_CONFIG`` (effective when set before cuBLAS starts: the isolated child's
     environment has it from the start, :func:`child_env`).  On the CPU a seeded run is then
     bitwise repeatable for a fixed thread count; on CUDA see README, "Reproducibility".
+
+    ``use_deterministic_algorithms`` sets two flags: the operators' (``torch._C``) and TorchInductor's
+    (``torch._inductor.config.deterministic``, for ``torch.compile``).  To set the second it imports
+    TorchInductor, and with it TorchDynamo and SymPy: 1.9 s of CPU in every process that calls it
+    (3.6 s instead of 1.7 s for ``import torch``), i.e. in every torch job of a run, although no
+    qsmbench method compiles.  So the operators' flag is set directly, and Inductor's through
+    ``TORCHINDUCTOR_DETERMINISTIC=1``, which Inductor reads when it is imported (or on its config
+    at once, if it is already loaded): the same two flags, without the import.
     """
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE_CONFIG)
     try:
@@ -189,7 +197,15 @@ def deterministic_torch() -> dict[str, Any]:
     except ImportError:  # the method will report itself unavailable
         return {}
 
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    set_flag = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if set_flag is None:  # a torch without the private setter: the public call (and its import)
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        os.environ["TORCHINDUCTOR_DETERMINISTIC"] = "1"
+        inductor = sys.modules.get("torch._inductor.config")
+        if inductor is not None:
+            inductor.deterministic = True
+        set_flag(True, warn_only=True)
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
     return {"torch_deterministic_algorithms": True, "cudnn_benchmark": False, "cudnn_deterministic": True,

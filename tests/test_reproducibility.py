@@ -75,6 +75,28 @@ def test_deep_learning_method_is_bitwise_identical_on_the_cpu_with_a_fixed_seed(
     assert torch.are_deterministic_algorithms_enabled()
 
 
+@pytest.mark.parametrize("inductor_first", [False, True])
+def test_deterministic_torch_sets_what_use_deterministic_algorithms_sets(inductor_first):
+    """Both flags of torch.use_deterministic_algorithms(True, warn_only=True) -- the operators' and
+    TorchInductor's -- without importing Inductor when it is not loaded yet (a fresh process each)."""
+    pytest.importorskip("torch")
+    code = "\n".join([
+        "import os, sys",
+        "os.environ.pop('TORCHINDUCTOR_DETERMINISTIC', None)",
+        "import torch",
+        *(["import torch._inductor.config"] if inductor_first else []),
+        "from qsmbench.runner import deterministic_torch",
+        "assert not torch.are_deterministic_algorithms_enabled()",
+        "det = deterministic_torch()",
+        "print(torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),",
+        "      'torch._inductor' in sys.modules, det['torch_deterministic_algorithms'])",
+        "import torch._inductor.config as inductor",
+        "print(inductor.deterministic)",
+    ])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "True", str(inductor_first), "True", "True"]
+
+
 def test_classical_runs_record_no_torch_switches(volume_dir):
     result = run_method("tkd", load_volume(volume_dir), seed=1, device="cpu")
     assert "determinism" not in result.record
