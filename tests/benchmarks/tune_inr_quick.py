@@ -1,8 +1,10 @@
 """Choose INR-QSM's quick-profile settings on tuning-range phantoms (never on a test seed).
 
-Not collected by pytest.  The quick profile (CI and the default run) must converge within the
-default run's budget -- about 40 s of one CPU core for 80x96x80 voxels -- so the search is over
-what makes the fit converge fastest within it.  ``--grid`` names the axes, e.g.
+Not collected by pytest.  The quick profile (CI and the default run) must converge within a small
+part of the default run, so the search is over what makes the fit converge fastest within a CPU
+budget.  The chosen profile (width 64, 20 epochs) takes 80-120 s of one CPU core for 80x96x80
+voxels (83 and 93 s in the default runs of 2026-12-02), more than the ``--budget-s`` default of
+60 s: pass ``--budget-s 150`` to compare candidates with it.  ``--grid`` names the axes, e.g.
 ``--grid w0=30,60 lr_start=1e-3,2e-3 epochs=10 patch_size=48x48x48`` (``w0`` sets the three
 SIREN frequencies, ``lr_end`` follows ``lr_start * --lr-ratio``; any other key is an inr_qsm
 parameter).  Each candidate is fitted to ``--seeds`` phantoms drawn from the reserved *tuning*
