@@ -150,6 +150,9 @@ def main(argv=None) -> int:
           f"{'met' if wall <= TARGET_S else 'NOT met'}), CPU {cpu:.0f} s, exit {rc}, "
           f"report {'written' if report.exists() else 'MISSING'}")
     print()
+    if not spans:
+        print(f"# no job times read from Snakemake's log ({logs[-1] if logs else 'none found'}): "
+              "its format may have changed (job_spans expects Snakemake 9's)")
     print(tables(spans, method_seconds(repo / "results"), cores))
     if args.keep is None:
         shutil.rmtree(work, ignore_errors=True)
