@@ -183,13 +183,14 @@ def deterministic_torch() -> dict[str, Any]:
     environment has it from the start, :func:`child_env`).  On the CPU a seeded run is then
     bitwise repeatable for a fixed thread count; on CUDA see README, "Reproducibility".
 
-    ``use_deterministic_algorithms`` sets two flags: the operators' (``torch._C``) and TorchInductor's
-    (``torch._inductor.config.deterministic``, for ``torch.compile``).  To set the second it imports
-    TorchInductor, and with it TorchDynamo and SymPy, in every torch job of a run, although no
-    qsmbench method compiles (measured: a uQSM reconstruct job 4.1 -> 3.6 s; a plain process
-    ``import torch`` + the call 4.0 -> 2.1 s, Dynamo's exit handlers included).  So the operators' flag is set directly, and Inductor's through
-    ``TORCHINDUCTOR_DETERMINISTIC=1``, which Inductor reads when it is imported (or on its config
-    at once, if it is already loaded): the same two flags, without the import.
+    ``use_deterministic_algorithms`` sets two flags: the operators' (``torch._C``) and
+    TorchInductor's (``torch._inductor.config.deterministic``, for ``torch.compile``).  To set the
+    second it imports TorchInductor, and with it TorchDynamo and SymPy, in every torch job of a
+    run, although no qsmbench method compiles (measured: a uQSM reconstruct job 4.1 -> 3.6 s; a
+    plain process ``import torch`` + the call 4.0 -> 2.1 s, Dynamo's exit handlers included).  So
+    the operators' flag is set directly, and Inductor's through ``TORCHINDUCTOR_DETERMINISTIC=1``,
+    which Inductor reads when it is imported (or on its config at once, if it is already loaded):
+    the same two flags, without the import.
     """
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE_CONFIG)
     try:
