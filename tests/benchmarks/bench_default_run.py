@@ -10,7 +10,8 @@ What runs: a fresh ``git clone`` of this checkout's HEAD (uncommitted changes ar
 ``QSMBENCH_CACHE`` pointing at an empty folder (so uQSM and QSMnet train), then the README's command
 ``snakemake --cores all`` in it.  The script prints:
 
-* the wall-clock time and the CPU time (user + system of Snakemake and every job it started);
+* the wall-clock time, the CPU time (user + system of Snakemake and every job it started) and
+  the largest process's peak memory (:func:`bench_dag.timed`);
 * job-seconds by rule (each job's start to its end, from Snakemake's log, 1 s resolution) and
   job-seconds / cores, the wall time a perfect packing of those jobs would take;
 * by run (method): reconstructions, the methods' own time (``wall_s`` in run.json, training from
@@ -27,16 +28,14 @@ import datetime as dt
 import json
 import os
 import re
-import resource
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_dag import SNAKEMAKE, reference_loop_s  # noqa: E402
+from bench_dag import SNAKEMAKE, reference_loop_s, timed  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGET_S = 300.0
@@ -131,15 +130,10 @@ def main(argv=None) -> int:
     cores = os.cpu_count() if args.cores == "all" else int(args.cores)
 
     ref_before = reference_loop_s()
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.perf_counter()
-    with open(work / "snakemake.out", "w") as out:
-        rc = subprocess.run([SNAKEMAKE, "--cores", str(args.cores)], cwd=repo, env=env, stdout=out,
-                            stderr=subprocess.STDOUT).returncode
-    wall = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall, cpu, peak_mb, done = timed([SNAKEMAKE, "--cores", str(args.cores)], cwd=repo, env=env)
     ref_after = reference_loop_s()
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    rc = done.returncode
+    (work / "snakemake.out").write_text(done.stdout)
 
     logs = sorted((repo / ".snakemake" / "log").glob("*.snakemake.log"))
     spans = job_spans(logs[-1].read_text()) if logs else []
@@ -147,7 +141,7 @@ def main(argv=None) -> int:
     print(f"# default run of {head} (fresh clone, empty cache), snakemake --cores {args.cores} ({cores} cores)")
     print(f"# reference loop (bench_dag.reference_loop_s) {ref_before:.3f} s before, {ref_after:.3f} s after")
     print(f"wall {wall:.0f} s ({int(wall // 60)} min {wall % 60:.0f} s; target {TARGET_S:.0f} s: "
-          f"{'met' if wall <= TARGET_S else 'NOT met'}), CPU {cpu:.0f} s, exit {rc}, "
+          f"{'met' if wall <= TARGET_S else 'NOT met'}), CPU {cpu:.0f} s, largest process {peak_mb:.0f} MB, exit {rc}, "
           f"report {'written' if report.exists() else 'MISSING'}")
     print()
     if not spans:
